@@ -56,6 +56,11 @@ pub struct Forward<'a> {
     pub log_rem: Option<BufferRef<'a>>,
     /// Kernel path ([`Path::Auto`] unless testing).
     pub path: Path,
+    /// Early exit: once every row of a query tile has less than this much stick left, the
+    /// keys further left are skipped; each skipped weight is below `eps`, so the output moves
+    /// by at most `eps * sum_j |v_j|` over the skipped keys, and in practice far less. `0.0`
+    /// (the default) walks every key, exactly as the definition.
+    pub early_exit_eps: f32,
 }
 
 impl<'a> Forward<'a> {
@@ -81,6 +86,7 @@ impl<'a> Forward<'a> {
             remainder: Remainder::Discard,
             log_rem: None,
             path: Path::Auto,
+            early_exit_eps: 0.0,
         }
     }
 }

@@ -49,6 +49,8 @@ pub struct HostInput<'a> {
     pub remainder: HostRemainder<'a>,
     /// Kernel path.
     pub path: Path,
+    /// Early-exit threshold, as [`Forward::early_exit_eps`] (0 disables).
+    pub early_exit_eps: f32,
 }
 
 impl<'a> HostInput<'a> {
@@ -66,6 +68,7 @@ impl<'a> HostInput<'a> {
             scale: None,
             remainder: HostRemainder::Discard,
             path: Path::Auto,
+            early_exit_eps: 0.0,
         }
     }
 }
@@ -155,6 +158,7 @@ impl Attention {
         call.mask = input.mask;
         call.scale = input.scale;
         call.path = input.path;
+        call.early_exit_eps = input.early_exit_eps;
         call.log_rem = Some(BufferRef::new(&log_rem));
         call.remainder = match (&input.remainder, &bias) {
             (HostRemainder::Return, _) => Remainder::Return(BufferRef::new(&rem)),

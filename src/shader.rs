@@ -50,3 +50,14 @@ pub fn forward_source(variant: &Variant, target: Target) -> String {
     });
     s
 }
+
+/// `(name, WGSL)` of every kernel variant the crate can build for `target`, for offline
+/// validation and translation (tests/shaders.rs). Each op adds its own variants here.
+pub fn all_sources(target: Target) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = crate::config::all_variants()
+        .iter()
+        .map(|v| (format!("forward {v:?}"), forward_source(v, target)))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
