@@ -1,7 +1,7 @@
 // Causal stick-breaking attention, forward (prefill), tiled flash-style.
 //
 // This file is the kernel body. `src/shader.rs` prepends a prelude and appends one scan file
-// (scan_subgroup.wgsl or scan_shared.wgsl). The prelude declares:
+// (scan_subgroup.wgsl or scan_shared.wgsl) and stick.wgsl (flag bits, `log1p_small`). The prelude declares:
 //   alias ST = f32 | f16;  storage element type of q, k, v, o and bias (math is always f32)
 //   const G: u32;          lanes per query row (power of two; also vec4s per head-dim chunk)
 //   const M: u32;          head-dim chunks: the padded head dim is M * DC (1 <= M <= 8)
@@ -11,7 +11,7 @@
 //
 // Thread layout (WG = 256 invocations): slot = row * G + g. Each thread owns
 //   scores  s[row][4g .. 4g+4]                     one vec4 per key tile
-//   output  o[row][c*DC + 4g .. +4] for chunk c < M  vec4s o0..o7 (named, never indexed)
+//   output  o[row][c*DC + 4g .. +4] for chunk c < M  acc[c]
 // Keys are walked from the diagonal tile to tile 0; a tile's keys are scanned right to left.
 
 const WG: u32 = 256u;
@@ -22,45 +22,11 @@ const DC4: u32 = G;            // vec4s per chunk row
 const QS: u32 = DC4 + 1u;      // q_s row stride in vec4 (padded: rows land in different banks)
 const PS: u32 = G + 1u;        // p_s row stride in vec4 (padded likewise)
 
-const FLAG_ATTEND_CURRENT: u32 = 1u;
-const FLAG_WRITE_LOG_REM: u32 = 8u;
-const REM_SHIFT: u32 = 1u;     // bits 1..2: 0 discard, 1 return, 2 add v_i, 3 add bias_h
-const REM_RETURN: u32 = 1u;
-const REM_ADD_VALUE: u32 = 2u;
-const REM_ADD_BIAS: u32 = 3u;
-
-// Must match `ForwardParams` in src/params.rs (a test checks the layout against naga's).
-struct Params {
-    t: u32,          // sequence length
-    h: u32,          // query heads
-    group: u32,      // query heads per key/value head (H / Hkv)
-    d: u32,          // head dim
-    q_off: u32, q_sb: u32, q_st: u32, q_sh: u32,   // element offset; batch, token, head strides
-    k_off: u32, k_sb: u32, k_st: u32, k_sh: u32,
-    v_off: u32, v_sb: u32, v_st: u32, v_sh: u32,
-    o_off: u32, o_sb: u32, o_st: u32, o_sh: u32,
-    rem_off: u32,    // [B, H, T] f32, element offset into rem_out
-    lrem_off: u32,   // [B, H, T] f32, element offset into lrem_out
-    bias_off: u32,   // [H, D] element offset into bias
-    flags: u32,
-    scale: f32,
-    n_qtiles: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> q: array<ST>;
-@group(0) @binding(2) var<storage, read> k: array<ST>;
-@group(0) @binding(3) var<storage, read> v: array<ST>;
-@group(0) @binding(4) var<storage, read_write> o: array<ST>;
-@group(0) @binding(5) var<storage, read_write> rem_out: array<f32>;
-@group(0) @binding(6) var<storage, read_write> lrem_out: array<f32>;
-@group(0) @binding(7) var<storage, read> bias: array<ST>;
-
 var<workgroup> q_s: array<vec4<f32>, BM * QS>;   // [BM][DC/4] query chunk (f32)
 var<workgroup> kv_s: array<vec4<f32>, BN * DC4>; // K chunk transposed [DC][BN/4] or V chunk [BN][DC/4]
 var<workgroup> p_s: array<vec4<f32>, BM * PS>;   // [BM][BN/4] attention weights of the tile
+var<workgroup> live_s: array<u32, BM>;           // early exit: row still has stick >= eps
+var<workgroup> alive_s: u32;                     // early exit: some row of the tile has
 
 // Element of a [.., T, .., D] tensor row or 0 outside it.
 fn ld_q(base: u32, d: u32, ok: bool) -> f32 {
@@ -74,11 +40,6 @@ fn ld_k(base: u32, d: u32, ok: bool) -> f32 {
 fn ld_v(base: u32, d: u32, ok: bool) -> f32 {
     if (ok && d < p.d) { return f32(v[base + d]); }
     return 0.0;
-}
-
-// log1p(x) for x in [0, 1]: the series where 1 + x would round away x's low bits.
-fn log1p_small(x: vec4<f32>) -> vec4<f32> {
-    return select(log(1.0 + x), x * (1.0 - 0.5 * x), x < vec4<f32>(1e-3));
 }
 
 // One head-dim chunk of scores: s[row][4g..4g+4] += q[row][chunk] . k[keys][chunk].
@@ -174,8 +135,10 @@ fn forward(wid: vec3<u32>, lidx: u32, slot: u32, sg_lane: u32) {
     let vb = p.v_off + b * p.v_sb + hk * p.v_sh;
 
     var carry = 0.0;                          // log of this row's stick left
-    var o0 = vec4<f32>(0.0); var o1 = vec4<f32>(0.0); var o2 = vec4<f32>(0.0); var o3 = vec4<f32>(0.0);
-    var o4 = vec4<f32>(0.0); var o5 = vec4<f32>(0.0); var o6 = vec4<f32>(0.0); var o7 = vec4<f32>(0.0);
+    // Output accumulators, one vec4 per head-dim chunk. Indexed only once per chunk per key
+    // tile (the hot loops run on plain vec4s inside qk_chunk / pv_chunk), so wherever this
+    // array lives it costs little, and the kernel stays small for every head dim.
+    var acc: array<vec4<f32>, M>;
 
     // Keys any row of this tile sees: 0 .. min(r0 + BM, T) - 1 + ac (exclusive end).
     let n_keys = min(r0 + BM, p.t) + ac - 1u;
@@ -217,14 +180,21 @@ fn forward(wid: vec3<u32>, lidx: u32, slot: u32, sg_lane: u32) {
 
         p_s[row * PS + g] = w;
         workgroupBarrier();
-        o0 += pv_chunk(0u, k0, vb, lidx, row, g);
-        if (M > 1u) { o1 += pv_chunk(1u, k0, vb, lidx, row, g); }
-        if (M > 2u) { o2 += pv_chunk(2u, k0, vb, lidx, row, g); }
-        if (M > 3u) { o3 += pv_chunk(3u, k0, vb, lidx, row, g); }
-        if (M > 4u) { o4 += pv_chunk(4u, k0, vb, lidx, row, g); }
-        if (M > 5u) { o5 += pv_chunk(5u, k0, vb, lidx, row, g); }
-        if (M > 6u) { o6 += pv_chunk(6u, k0, vb, lidx, row, g); }
-        if (M > 7u) { o7 += pv_chunk(7u, k0, vb, lidx, row, g); }
+        for (var c = 0u; c < M; c++) {
+            acc[c] += pv_chunk(c, k0, vb, lidx, row, g);
+        }
+
+        // Early exit: every key further left weighs less than the stick left, exp(carry).
+        if ((p.flags & FLAG_EARLY_EXIT) != 0u) {
+            if (g == 0u) { live_s[row] = select(0u, 1u, i < p.t && carry >= p.log_eps); }
+            workgroupBarrier();
+            if (lidx == 0u) {
+                var any = 0u;
+                for (var r = 0u; r < BM; r++) { any |= live_s[r]; }
+                alive_s = any;
+            }
+            if (workgroupUniformLoad(&alive_s) == 0u) { break; }
+        }
     }
 
     if (i >= p.t) { return; }
@@ -236,12 +206,7 @@ fn forward(wid: vec3<u32>, lidx: u32, slot: u32, sg_lane: u32) {
     let ob = p.o_off + b * p.o_sb + i * p.o_st + h * p.o_sh;
     let vrow = vb + i * p.v_st;
     let bb = p.bias_off + h * p.d;
-    finish_chunk(0u, o0, rem, mode, ob, vrow, bb, g);
-    if (M > 1u) { finish_chunk(1u, o1, rem, mode, ob, vrow, bb, g); }
-    if (M > 2u) { finish_chunk(2u, o2, rem, mode, ob, vrow, bb, g); }
-    if (M > 3u) { finish_chunk(3u, o3, rem, mode, ob, vrow, bb, g); }
-    if (M > 4u) { finish_chunk(4u, o4, rem, mode, ob, vrow, bb, g); }
-    if (M > 5u) { finish_chunk(5u, o5, rem, mode, ob, vrow, bb, g); }
-    if (M > 6u) { finish_chunk(6u, o6, rem, mode, ob, vrow, bb, g); }
-    if (M > 7u) { finish_chunk(7u, o7, rem, mode, ob, vrow, bb, g); }
+    for (var c = 0u; c < M; c++) {
+        finish_chunk(c, acc[c], rem, mode, ob, vrow, bb, g);
+    }
 }

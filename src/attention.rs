@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
 use crate::config::{self, Capabilities, Variant};
-use crate::params::{ForwardParams, FLAG_ATTEND_CURRENT, FLAG_WRITE_LOG_REM, REM_SHIFT};
+use crate::params::{ForwardParams, FLAG_ATTEND_CURRENT, FLAG_EARLY_EXIT, FLAG_WRITE_LOG_REM, REM_SHIFT};
 use crate::shader::{self, Target};
 use crate::tensor::{self, Axis, Binding, BufferRef, TensorRef};
 use crate::{Dtype, Error, Mask, Path, Result, Shape};
@@ -56,10 +56,12 @@ pub struct Forward<'a> {
     pub log_rem: Option<BufferRef<'a>>,
     /// Kernel path ([`Path::Auto`] unless testing).
     pub path: Path,
-    /// Early exit: once every row of a query tile has less than this much stick left, the
-    /// keys further left are skipped; each skipped weight is below `eps`, so the output moves
-    /// by at most `eps * sum_j |v_j|` over the skipped keys, and in practice far less. `0.0`
-    /// (the default) walks every key, exactly as the definition.
+    /// Early exit: once every row of a query tile has less than `eps` of its stick left
+    /// (`rem` so far `< eps`), the keys further left are skipped. Their weights sum to less
+    /// than that stick, so each output moves by at most `eps * max_j |v_j|`, and the `rem`
+    /// returned (the stick left where the walk stopped) exceeds the exact one by less than
+    /// `eps`. `0.0` (the default) walks every key, exactly as the definition; values must lie
+    /// in `[0, 1)`.
     pub early_exit_eps: f32,
 }
 
@@ -102,12 +104,28 @@ pub struct Attention {
     caps: Capabilities,
     layout: wgpu::BindGroupLayout,
     pipeline_layout: wgpu::PipelineLayout,
-    /// Bound where a call has no rem / log_rem / bias buffer.
-    dummy: wgpu::Buffer,
+    /// Bound where a call has no rem / log_rem / bias buffer (one each: a buffer may not be
+    /// bound writable and read-only in one dispatch).
+    dummies: [wgpu::Buffer; 3],
     pipelines: Mutex<HashMap<Variant, Arc<wgpu::ComputePipeline>>>,
+    /// Shader modules are created without wgpu's runtime bounds checks.
+    unchecked: bool,
 }
 
-fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
+/// Buffers bound where a call has no rem / log_rem / bias buffer (one each: a buffer may not
+/// be bound writable and read-only in one dispatch).
+pub(crate) fn unused_bindings(device: &wgpu::Device) -> [wgpu::Buffer; 3] {
+    ["rem", "log_rem", "bias"].map(|name| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(&format!("sbattn unused {name} binding")),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        })
+    })
+}
+
+pub(crate) fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
     wgpu::BindGroupLayoutEntry {
         binding,
         visibility: wgpu::ShaderStages::COMPUTE,
@@ -124,6 +142,16 @@ impl Attention {
     /// Uses the caller's device and queue. Enable `SHADER_F16` for f16 and `SUBGROUP` for the
     /// subgroup path when creating the device; see [`Attention::device_descriptor`].
     pub fn new(device: &wgpu::Device, queue: &wgpu::Queue) -> Self {
+        Self::build(device, queue, None)
+    }
+
+    /// Uses the caller's device and queue, reading from `adapter` what wgpu reports only
+    /// there (its cooperative-matrix configurations, which the tensor-core path needs).
+    pub fn from_adapter(adapter: &wgpu::Adapter, device: &wgpu::Device, queue: &wgpu::Queue) -> Self {
+        Self::build(device, queue, Some(adapter))
+    }
+
+    fn build(device: &wgpu::Device, queue: &wgpu::Queue, adapter: Option<&wgpu::Adapter>) -> Self {
         let mut entries = vec![wgpu::BindGroupLayoutEntry {
             binding: 0,
             visibility: wgpu::ShaderStages::COMPUTE,
@@ -147,34 +175,59 @@ impl Attention {
             bind_group_layouts: &[Some(&layout)],
             immediate_size: 0,
         });
-        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("sbattn unused binding"),
-            size: 16,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        });
+        let dummies = unused_bindings(device);
         Attention {
             device: device.clone(),
             queue: queue.clone(),
-            caps: Capabilities::of(device),
+            caps: Capabilities::of(device, adapter),
             layout,
             pipeline_layout,
-            dummy,
+            dummies,
             pipelines: Mutex::new(HashMap::new()),
+            unchecked: false,
         }
     }
 
+    /// Compiles kernels from now on without wgpu's runtime checks (no index clamping, no
+    /// loop bounding), which PERF-NOTES measured at up to 1.6x on an H200.
+    ///
+    /// # Safety
+    /// Sound only because every call is validated on the host (shapes, strides, offsets and
+    /// buffer sizes, so that no global index can leave its binding) and every workgroup index
+    /// is in range by construction; the safe default keeps wgpu's checks as a second line of
+    /// defence. The tests run both. Pipelines compiled before this call keep their checks.
+    pub unsafe fn without_runtime_checks(mut self) -> Self {
+        self.unchecked = true;
+        self.pipelines = Mutex::new(HashMap::new());
+        self
+    }
+
     /// Features and limits to request from `adapter` for the fastest paths it has: f16,
-    /// subgroups and timestamp queries where offered, and the adapter's own limits.
+    /// subgroups, cooperative matrices and timestamp queries where offered, and the adapter's
+    /// own limits.
+    ///
+    /// Cooperative matrices are an experimental wgpu feature: where the adapter has them, the
+    /// descriptor opts into wgpu's experimental features (the tensor-core path is tested on
+    /// the hardware it claims, see BENCHMARKS.md).
     pub fn device_descriptor(adapter: &wgpu::Adapter) -> wgpu::DeviceDescriptor<'static> {
         let wanted = wgpu::Features::SHADER_F16
             | wgpu::Features::SUBGROUP
+            | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
             | wgpu::Features::TIMESTAMP_QUERY
             | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        let required_features = adapter.features() & wanted;
+        let experimental_features = if required_features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+            // SAFETY: only the cooperative-matrix feature is used, by one kernel whose loads
+            // and stores stay inside workgroup arrays it fills itself.
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
+        };
         wgpu::DeviceDescriptor {
             label: Some("sbattn"),
-            required_features: adapter.features() & wanted,
+            required_features,
             required_limits: adapter.limits(),
+            experimental_features,
             ..Default::default()
         }
     }
@@ -191,7 +244,7 @@ impl Attention {
             .request_device(&Self::device_descriptor(&adapter))
             .await
             .map_err(|e| Error::RequestDevice(e.to_string()))?;
-        Ok(Self::new(&device, &queue))
+        Ok(Self::from_adapter(&adapter, &device, &queue))
     }
 
     /// Blocking [`Attention::with_default_adapter`] (native only).
@@ -238,10 +291,16 @@ impl Attention {
         }
         let source = shader::forward_source(variant, Target::current());
         let scope = error_scope(&self.device);
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        let desc = wgpu::ShaderModuleDescriptor {
             label: Some("sbattn forward"),
             source: wgpu::ShaderSource::Wgsl(source.into()),
-        });
+        };
+        let module = if self.unchecked {
+            // SAFETY: see `without_runtime_checks`, whose caller opted in.
+            unsafe { self.device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
+        } else {
+            self.device.create_shader_module(desc)
+        };
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some("sbattn forward"),
             layout: Some(&self.pipeline_layout),
@@ -295,6 +354,10 @@ impl Attention {
         let s = call.shape;
         s.validate()?;
         let scale = s.resolve_scale(call.scale)?;
+        let eps = call.early_exit_eps;
+        if !(0.0..1.0).contains(&eps) {
+            return Err(Error::InvalidParameter { name: "early_exit_eps", reason: format!("{eps} is not in [0, 1)") });
+        }
         let variant = self.plan(call.dtype, s.head_dim, call.path)?;
         let l = &self.caps.limits;
         let es = call.dtype.size();
@@ -314,20 +377,8 @@ impl Attention {
         let v = tensor("v", &call.v, s.kv_heads, false)?;
         let o = tensor("o", &call.o, s.heads, true)?;
         let rows = (s.batch as u64) * (s.heads as u64) * (s.seq_len as u64);
-        let run = |name, r: &BufferRef<'a>, len: u64, es: u64, output| {
-            tensor::bind(name, r.buffer, r.offset, &[], len, es, output, l)
-        };
-        let unused = |name| run(name, &BufferRef::new(&self.dummy), 1, 4, false);
-        let (mode, rem, bias) = match &call.remainder {
-            Remainder::Discard => (0, unused("rem")?, unused("bias")?),
-            Remainder::Return(r) => (1, run("rem", r, rows, 4, true)?, unused("bias")?),
-            Remainder::AddToValue => (2, unused("rem")?, unused("bias")?),
-            Remainder::AddBias(b) => (3, unused("rem")?, run("bias", b, s.heads as u64 * d, es, false)?),
-        };
-        let log_rem = match &call.log_rem {
-            Some(r) => run("log_rem", r, rows, 4, true)?,
-            None => unused("log_rem")?,
-        };
+        let (mode, rem, log_rem, bias) =
+            remainder_bindings(&call.remainder, call.log_rem.as_ref(), &self.dummies, rows, s.heads as u64 * d, es, l)?;
         // (name, binding, written, used): written bindings must not meet any other.
         let list = [
             ("q", &q, false, true),
@@ -346,7 +397,7 @@ impl Attention {
             }
         }
         let tiles = variant.tiles;
-        let n_qtiles = s.seq_len.div_ceil(tiles.block_m());
+        let n_qtiles = s.seq_len.div_ceil(tiles.block_m);
         let lim = l.max_compute_workgroups_per_dimension;
         for (what, value) in [("query tiles (dispatch x)", n_qtiles), ("heads (dispatch y)", s.heads), ("batch (dispatch z)", s.batch)] {
             if value > lim {
@@ -357,7 +408,8 @@ impl Attention {
             Mask::Strict => 0,
             Mask::IncludeCurrent => FLAG_ATTEND_CURRENT,
         } | (mode << REM_SHIFT)
-            | if call.log_rem.is_some() { FLAG_WRITE_LOG_REM } else { 0 };
+            | if call.log_rem.is_some() { FLAG_WRITE_LOG_REM } else { 0 }
+            | if call.early_exit_eps > 0.0 { FLAG_EARLY_EXIT } else { 0 };
         let params = ForwardParams {
             t: s.seq_len,
             h: s.heads,
@@ -385,11 +437,39 @@ impl Attention {
             flags,
             scale,
             n_qtiles,
+            log_eps: if call.early_exit_eps > 0.0 { call.early_exit_eps.ln() } else { f32::NEG_INFINITY },
             _pad0: 0,
-            _pad1: 0,
         };
         Ok((variant, params, [q, k, v, o, rem, log_rem, bias]))
     }
+}
+
+/// The bindings of a call's remainder outputs for `rows` query rows (f32 `rem` and `log_rem`)
+/// and a `bias_len`-element bias of `es`-byte elements: `(mode, rem, log_rem, bias)`, with
+/// `dummies` (rem, log_rem, bias) bound where unused. `mode` is the remainder field of the
+/// kernels' flags.
+pub(crate) fn remainder_bindings<'a>(
+    remainder: &Remainder<'a>,
+    log_rem: Option<&BufferRef<'a>>,
+    dummies: &'a [wgpu::Buffer; 3],
+    rows: u64,
+    bias_len: u64,
+    es: u64,
+    l: &wgpu::Limits,
+) -> Result<(u32, Binding<'a>, Binding<'a>, Binding<'a>)> {
+    let run = |name, r: &BufferRef<'a>, len: u64, es: u64, output| tensor::bind(name, r.buffer, r.offset, &[], len, es, output, l);
+    let unused = |i: usize| run("unused", &BufferRef::new(&dummies[i]), 1, 4, false);
+    let (mode, rem, bias) = match remainder {
+        Remainder::Discard => (0, unused(0)?, unused(2)?),
+        Remainder::Return(r) => (1, run("rem", r, rows, 4, true)?, unused(2)?),
+        Remainder::AddToValue => (2, unused(0)?, unused(2)?),
+        Remainder::AddBias(b) => (3, unused(0)?, run("bias", b, bias_len, es, false)?),
+    };
+    let log_rem = match log_rem {
+        Some(r) => run("log_rem", r, rows, 4, true)?,
+        None => unused(1)?,
+    };
+    Ok((mode, rem, log_rem, bias))
 }
 
 /// Picks an adapter as [`Attention::with_default_adapter`] describes.
@@ -428,9 +508,9 @@ pub(crate) async fn pick_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adap
 
 /// Captures validation errors of pipeline creation as [`Error::Device`] on native targets
 /// (where popping the scope is immediate); on the web they reach the console.
-struct Scope(#[allow(dead_code)] Option<wgpu::ErrorScopeGuard>);
+pub(crate) struct Scope(#[allow(dead_code)] Option<wgpu::ErrorScopeGuard>);
 
-fn error_scope(device: &wgpu::Device) -> Scope {
+pub(crate) fn error_scope(device: &wgpu::Device) -> Scope {
     if cfg!(target_arch = "wasm32") {
         Scope(None)
     } else {
@@ -439,7 +519,7 @@ fn error_scope(device: &wgpu::Device) -> Scope {
 }
 
 impl Scope {
-    fn finish(self) -> Result<()> {
+    pub(crate) fn finish(self) -> Result<()> {
         #[cfg(not(target_arch = "wasm32"))]
         if let Some(guard) = self.0 {
             if let Some(e) = pollster::block_on(guard.pop()) {

@@ -2,12 +2,16 @@
 
 use crate::{Dtype, Error, Path, Result};
 
-/// Lanes per query row, 4 keys each (see `shaders/forward.wgsl`). 8 keeps every per-thread
-/// tile in named registers at any head dim up to 256 and fits the subgroup of every adapter
-/// that reports at least 8 (lavapipe, Intel, NVIDIA, AMD, Apple, Qualcomm).
+/// Lanes per query row of the portable kernels, 4 keys each (see `shaders/forward.wgsl`). 8
+/// fits the subgroup of every adapter that reports at least 8 (lavapipe, Intel, NVIDIA, AMD,
+/// Apple, Qualcomm) and gives 32 x 32 tiles in a 256-invocation workgroup.
 const LANES_PER_ROW: u32 = 8;
-/// Invocations per workgroup: the WebGPU default limit, so one size fits every adapter.
+/// Invocations per workgroup of the portable kernels: the WebGPU default limit.
 pub const WORKGROUP_SIZE: u32 = 256;
+/// Subgroup size the cooperative-matrix kernel is written for (4 subgroups of 32).
+const COOP_SUBGROUP: u32 = 32;
+/// Largest head dim of the cooperative-matrix kernel (8 accumulator blocks of 16).
+pub const COOP_MAX_HEAD_DIM: u32 = 128;
 
 /// The parts of an adapter and device the kernels care about.
 #[derive(Clone, Debug)]
@@ -18,12 +22,21 @@ pub struct Capabilities {
     pub features: wgpu::Features,
     /// Limits of the device.
     pub limits: wgpu::Limits,
+    /// Cooperative-matrix configurations of the adapter (empty when unknown: a device given
+    /// without its adapter).
+    pub cooperative_matrices: Vec<wgpu::CooperativeMatrixProperties>,
 }
 
 impl Capabilities {
-    /// Reads the capabilities of `device`.
-    pub fn of(device: &wgpu::Device) -> Self {
-        Capabilities { adapter: device.adapter_info(), features: device.features(), limits: device.limits() }
+    /// Reads the capabilities of `device`; `adapter`, when given, adds its cooperative-matrix
+    /// configurations (wgpu reports them on the adapter only).
+    pub fn of(device: &wgpu::Device, adapter: Option<&wgpu::Adapter>) -> Self {
+        Capabilities {
+            adapter: device.adapter_info(),
+            features: device.features(),
+            limits: device.limits(),
+            cooperative_matrices: adapter.map(|a| a.cooperative_matrix_properties()).unwrap_or_default(),
+        }
     }
 
     /// f16 storage and arithmetic are enabled.
@@ -40,38 +53,60 @@ impl Capabilities {
             && min.is_power_of_two()
             && max <= WORKGROUP_SIZE
     }
+
+    /// The cooperative-matrix kernel can run: the feature is enabled, the adapter lists
+    /// 16x16x16 f16 x f16 -> f32, and subgroups are always 32 wide.
+    pub fn cooperative_f16(&self) -> bool {
+        use wgpu::CooperativeScalarType as S;
+        let listed = self.cooperative_matrices.iter().any(|c| {
+            (c.m_size, c.n_size, c.k_size) == (16, 16, 16) && c.ab_type == S::F16 && c.cr_type == S::F32
+        });
+        self.features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16)
+            && listed
+            && self.adapter.subgroup_min_size == COOP_SUBGROUP
+            && self.adapter.subgroup_max_size == COOP_SUBGROUP
+    }
 }
 
-/// Tile sizes of the forward kernel. Everything else is derived from these.
+/// Tile sizes of a forward kernel. Everything else is derived from these.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TileConfig {
-    /// Invocations sharing one query row (`G`); each holds 4 consecutive keys of a tile.
-    pub lanes_per_row: u32,
-    /// Head-dim chunks of `chunk()` columns (`M`): the padded head dim is `M * chunk()`.
+    /// Query rows per workgroup.
+    pub block_m: u32,
+    /// Keys per tile.
+    pub block_n: u32,
+    /// Head-dim columns per chunk (a chunk staged at once, or one matrix block).
+    pub head_block: u32,
+    /// Head-dim chunks: the padded head dim is `head_chunks * head_block`.
     pub head_chunks: u32,
+    /// Invocations per workgroup.
+    pub workgroup_size: u32,
 }
 
 impl TileConfig {
-    /// Query rows per workgroup.
-    pub fn block_m(&self) -> u32 {
-        WORKGROUP_SIZE / self.lanes_per_row
+    /// Invocations sharing one query row in the portable kernels (4 keys each).
+    pub fn lanes_per_row(&self) -> u32 {
+        self.block_n / 4
     }
-    /// Keys per tile.
-    pub fn block_n(&self) -> u32 {
-        4 * self.lanes_per_row
-    }
-    /// Head-dim columns staged per step.
-    pub fn chunk(&self) -> u32 {
-        4 * self.lanes_per_row
-    }
-    /// Workgroup memory the kernel declares, in bytes.
+
+    /// Workgroup memory the kernel of `path` declares, in bytes.
     pub fn workgroup_bytes(&self, path: Path) -> u32 {
-        let g = self.lanes_per_row;
-        let q = self.block_m() * (g + 1) * 16;
-        let kv = self.block_n() * g * 16;
-        let p = self.block_m() * (g + 1) * 16;
-        let scan = if path == Path::SharedMemory { WORKGROUP_SIZE * 4 } else { 0 };
-        q + kv + p + scan
+        let (m, n) = (self.block_m, self.block_n);
+        match path {
+            Path::CooperativeMatrix => {
+                let dp = self.head_block * self.head_chunks;
+                let xs = dp + 8;
+                (m + n) * xs * 2 + m * (n + 4) * 4 + m * (n + 8) * 2 + self.workgroup_size * 4 + m * 8 + 4
+            }
+            _ => {
+                let g = self.lanes_per_row();
+                let q = m * (g + 1) * 16;
+                let kv = n * g * 16;
+                let p = m * (g + 1) * 16;
+                let scan = if path == Path::SharedMemory { self.workgroup_size * 4 } else { 0 };
+                q + kv + p + scan + m * 4 + 4
+            }
+        }
     }
 }
 
@@ -80,10 +115,34 @@ impl TileConfig {
 pub struct Variant {
     /// Storage type.
     pub dtype: Dtype,
-    /// Scan path (never [`Path::Auto`]).
+    /// Kernel path (never [`Path::Auto`]).
     pub path: Path,
     /// Tile sizes.
     pub tiles: TileConfig,
+}
+
+/// Portable tiles: 32 rows x 32 keys, head dim in chunks of 32.
+fn portable_tiles(head_dim: u32) -> TileConfig {
+    let chunk = 4 * LANES_PER_ROW;
+    TileConfig {
+        block_m: WORKGROUP_SIZE / LANES_PER_ROW,
+        block_n: chunk,
+        head_block: chunk,
+        head_chunks: head_dim.div_ceil(chunk).max(1),
+        workgroup_size: WORKGROUP_SIZE,
+    }
+}
+
+/// Cooperative-matrix tiles: 64 rows (4 subgroups x 16) x `block_n` keys, head dim in
+/// blocks of 16.
+fn coop_tiles(head_dim: u32, block_n: u32) -> TileConfig {
+    TileConfig {
+        block_m: 64,
+        block_n,
+        head_block: 16,
+        head_chunks: head_dim.div_ceil(16).max(1),
+        workgroup_size: 4 * COOP_SUBGROUP,
+    }
 }
 
 /// Chooses the variant for a call: the requested path if the device can run it (an error if
@@ -96,27 +155,38 @@ pub fn choose(caps: &Capabilities, dtype: Dtype, head_dim: u32, requested: Path)
     if dtype == Dtype::F16 && !caps.f16() {
         return Err(Error::Unsupported("f16 needs Features::SHADER_F16 on the device".into()));
     }
+    let coop_ok = dtype == Dtype::F16 && caps.cooperative_f16() && head_dim <= COOP_MAX_HEAD_DIM;
     let path = match requested {
+        Path::Auto if coop_ok => Path::CooperativeMatrix,
         Path::Auto if caps.subgroup_scan() => Path::Subgroup,
         Path::Auto => Path::SharedMemory,
         Path::Subgroup if !caps.subgroup_scan() => {
             return Err(Error::Unsupported(format!(
                 "the subgroup path needs Features::SUBGROUP and subgroups of {LANES_PER_ROW}..={WORKGROUP_SIZE} \
-                 invocations (adapter: {:?}, sizes {}..={})",
+                 invocations (device: {}, sizes {}..={})",
                 caps.features.contains(wgpu::Features::SUBGROUP),
                 caps.adapter.subgroup_min_size,
                 caps.adapter.subgroup_max_size
             )))
         }
+        Path::CooperativeMatrix if !coop_ok => {
+            return Err(Error::Unsupported(format!(
+                "the cooperative-matrix path needs f16 data (got {dtype:?}), head dim <= {COOP_MAX_HEAD_DIM} \
+                 (got {head_dim}), Features::EXPERIMENTAL_COOPERATIVE_MATRIX with 16x16x16 f16 -> f32 listed by \
+                 the adapter, and subgroups of exactly {COOP_SUBGROUP} (this device: {})",
+                caps.cooperative_f16()
+            )))
+        }
         p => p,
     };
-    let lanes = LANES_PER_ROW;
-    let chunk = 4 * lanes;
-    let tiles = TileConfig { lanes_per_row: lanes, head_chunks: head_dim.div_ceil(chunk).max(1) };
+    let tiles = match path {
+        Path::CooperativeMatrix => coop_tiles(head_dim, 32),
+        _ => portable_tiles(head_dim),
+    };
     let l = &caps.limits;
     let checks = [
-        ("workgroup invocations", WORKGROUP_SIZE, l.max_compute_invocations_per_workgroup),
-        ("workgroup size x", WORKGROUP_SIZE, l.max_compute_workgroup_size_x),
+        ("workgroup invocations", tiles.workgroup_size, l.max_compute_invocations_per_workgroup),
+        ("workgroup size x", tiles.workgroup_size, l.max_compute_workgroup_size_x),
         ("workgroup memory", tiles.workgroup_bytes(path), l.max_compute_workgroup_storage_size),
     ];
     for (what, value, limit) in checks {
@@ -127,15 +197,19 @@ pub fn choose(caps: &Capabilities, dtype: Dtype, head_dim: u32, requested: Path)
     Ok(Variant { dtype, path, tiles })
 }
 
-/// Every variant the crate can build, for offline validation.
+/// Every forward variant the crate can build, for offline validation.
 pub fn all_variants() -> Vec<Variant> {
     let mut out = Vec::new();
     for dtype in [Dtype::F32, Dtype::F16] {
         for path in [Path::Subgroup, Path::SharedMemory] {
-            for head_chunks in 1..=crate::MAX_HEAD_DIM.div_ceil(4 * LANES_PER_ROW) {
-                out.push(Variant { dtype, path, tiles: TileConfig { lanes_per_row: LANES_PER_ROW, head_chunks } });
+            let chunk = portable_tiles(1).head_block;
+            for chunks in 1..=crate::MAX_HEAD_DIM.div_ceil(chunk) {
+                out.push(Variant { dtype, path, tiles: portable_tiles(chunks * chunk) });
             }
         }
+    }
+    for blocks in 1..=COOP_MAX_HEAD_DIM / 16 {
+        out.push(Variant { dtype: Dtype::F16, path: Path::CooperativeMatrix, tiles: coop_tiles(blocks * 16, 32) });
     }
     out
 }

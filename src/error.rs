@@ -38,6 +38,11 @@ pub enum Error {
     HostData { what: &'static str, expected: usize, got: usize },
     /// The device reported an error (pipeline creation, readback, device loss).
     Device(String),
+    /// An append would take sequence `sequence` of a KV cache past its capacity.
+    CacheOverflow { sequence: u32, length: u32, appending: u32, capacity: u32 },
+    /// A call parameter other than a shape is out of range (an early-exit threshold, a forced
+    /// split count or lane count).
+    InvalidParameter { name: &'static str, reason: String },
 }
 
 impl fmt::Display for Error {
@@ -70,6 +75,11 @@ impl fmt::Display for Error {
                 write!(f, "host data `{what}` has {got} elements, expected {expected}")
             }
             Error::Device(s) => write!(f, "device error: {s}"),
+            Error::CacheOverflow { sequence, length, appending, capacity } => write!(
+                f,
+                "appending {appending} tokens to sequence {sequence} (holding {length}) exceeds the KV cache capacity {capacity}"
+            ),
+            Error::InvalidParameter { name, reason } => write!(f, "parameter `{name}`: {reason}"),
         }
     }
 }

@@ -24,6 +24,7 @@
 
 mod attention;
 pub mod config;
+pub mod decode;
 mod error;
 mod host;
 pub mod params;
@@ -34,6 +35,7 @@ mod types;
 
 pub use attention::{Attention, Forward, Remainder};
 pub use config::{Capabilities, TileConfig, Variant};
+pub use decode::{Append, Decode, Decoder, KvCache, KvCacheDesc};
 pub use error::{Error, Result};
 pub use host::{from_bytes, readback_later, round_to, to_bytes, HostInput, HostOutput, HostRemainder, Readback};
 pub use tensor::{BufferRef, TensorRef};

@@ -9,6 +9,8 @@ pub(crate) const FLAG_ATTEND_CURRENT: u32 = 1;
 pub(crate) const REM_SHIFT: u32 = 1;
 /// Bit 3 of `flags`: write the final log of the stick left per row.
 pub(crate) const FLAG_WRITE_LOG_REM: u32 = 8;
+/// Bit 4 of `flags`: stop once every row of a tile has less than `exp(log_eps)` stick left.
+pub(crate) const FLAG_EARLY_EXIT: u32 = 16;
 
 /// Uniform parameters of one forward dispatch. Offsets and strides are in elements, relative
 /// to each binding's start.
@@ -41,8 +43,8 @@ pub struct ForwardParams {
     pub flags: u32,
     pub scale: f32,
     pub n_qtiles: u32,
+    pub log_eps: f32,
     pub _pad0: u32,
-    pub _pad1: u32,
 }
 
 /// Field names and byte offsets, in declaration order, for the layout test.
@@ -52,6 +54,6 @@ pub fn forward_params_fields() -> Vec<(&'static str, usize)> {
     }
     fields!(
         t, h, group, d, q_off, q_sb, q_st, q_sh, k_off, k_sb, k_st, k_sh, v_off, v_sb, v_st, v_sh,
-        o_off, o_sb, o_st, o_sh, rem_off, lrem_off, bias_off, flags, scale, n_qtiles, _pad0, _pad1
+        o_off, o_sb, o_st, o_sh, rem_off, lrem_off, bias_off, flags, scale, n_qtiles, log_eps, _pad0
     )
 }

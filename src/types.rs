@@ -156,4 +156,8 @@ pub enum Path {
     Subgroup,
     /// Workgroup shared memory for the scan: runs on every adapter, browsers included.
     SharedMemory,
+    /// Cooperative matrices (tensor cores) for both matrix products, f16 only, head dims up
+    /// to 128 (needs `Features::EXPERIMENTAL_COOPERATIVE_MATRIX` with 16x16x16 f16 inputs and
+    /// f32 accumulators, and subgroups of exactly 32).
+    CooperativeMatrix,
 }

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The H200 benchmark in one call. Prepare here with `bash scripts/prepare-device.sh`, then run on
+# the GPU machine, from the repository root, with carry [".device"]:
+#
+#   bash scripts/device-bench.sh
+#
+# Steps (each under a time limit, so the whole stays under ~6 minutes):
+#   1. ours, default sweep, every path, f16, random inputs, eps 0
+#   2. ours, default sweep, portable paths only (subgroup, shared), f32
+#   3. ours at B4 H12 T4096 D128, every path, f16, eps 0 and $EPS, random and long-range inputs
+#   4. PyTorch baselines (SDPA bf16/f16/f32, eager stick-breaking bf16/f16) at the default sweep
+#   5. scripts/report.py: the markdown table for BENCHMARKS.md, printed last
+# Files under $OUT (at most 8 come back): ours-f16.json ours-f32.json ours-eps.json torch.json
+# report.md device-bench.log.
+# Environment: OUT (default /tmp/sbattn-bench), EPS (default 1e-3), PYTHON (default python3),
+# BENCH (default .device/bench), EXTRA (more options for every bench call, e.g. "--iters 20"; a
+# later option wins, so EXTRA="--shapes 1x2x128x64" shrinks every step), TORCH_EXTRA (more options
+# for torch_baselines.py), VK_ENV=none (skip vk-env.sh: a dry run on lavapipe here).
+set -u
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUT="${OUT:-/tmp/sbattn-bench}"
+EPS="${EPS:-1e-3}"
+PYTHON="${PYTHON:-python3}"
+BENCH="${BENCH:-.device/bench}"
+EXTRA="${EXTRA:-}"
+TORCH_EXTRA="${TORCH_EXTRA:-}"
+mkdir -p "$OUT"
+log="$OUT/device-bench.log"
+: > "$log"
+
+if [ "${VK_ENV:-}" != none ]; then
+  # shellcheck disable=SC1091
+  source ../shared/device/vk-env.sh 2>/dev/null || source .device/vk-env.sh
+fi
+
+step() { # step SECONDS NAME COMMAND...: runs with a limit, logs everything, never stops the script
+  local limit="$1" name="$2"; shift 2
+  echo "=== $name ($(date -u +%H:%M:%S), limit ${limit}s): $*" | tee -a "$log"
+  local t0=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" >> "$log" 2>&1
+  local rc=$?
+  echo "=== $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$log"
+  [ "$rc" = 124 ] && echo "    (timed out: the JSON holds what finished)" | tee -a "$log"
+  return 0
+}
+
+{
+  echo "commit: $(cat .device/commit 2>/dev/null | head -1)"
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,temperature.gpu,power.draw,utilization.gpu,memory.used \
+    --format=csv 2>&1 || true
+} >> "$log"
+
+common=(--time-limit 3 --iters 10 --warmup 3)
+# shellcheck disable=SC2086
+step 120 "ours f16" "$BENCH" --profile default --paths all --dtypes f16 "${common[@]}" $EXTRA --json "$OUT/ours-f16.json"
+# shellcheck disable=SC2086
+step 90 "ours f32" "$BENCH" --profile default --paths subgroup,shared --dtypes f32 "${common[@]}" $EXTRA --json "$OUT/ours-f32.json"
+# shellcheck disable=SC2086
+step 60 "ours eps" "$BENCH" --shapes 4x12x4096x128 --paths all --dtypes f16 --eps "0,$EPS" --inputs random,long-range \
+  "${common[@]}" $EXTRA --json "$OUT/ours-eps.json"
+# shellcheck disable=SC2086
+step 100 "torch baselines" "$PYTHON" scripts/torch_baselines.py "$OUT/torch.json" --time-limit 3 $TORCH_EXTRA
+step 20 "report" "$PYTHON" scripts/report.py --ours "$OUT/ours-f16.json" "$OUT/ours-f32.json" "$OUT/ours-eps.json" \
+  --torch "$OUT/torch.json" --out "$OUT/report.md"
+
+rm -f "$OUT"/*.tmp
+echo
+grep -m1 "^adapter:" "$log" | cut -c1-200
+grep -E "^(=== .*exit|    \(timed out)" "$log"
+echo
+cat "$OUT/report.md" 2>/dev/null || { echo "no report; end of log:"; tail -40 "$log"; }

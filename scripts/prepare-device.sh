@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Builds what scripts/device-bench.sh runs on the GPU machine and puts it in .device/ (git-ignored,
+# carried with `carry: [".device"]`): the release benchmark binary, vk-env.sh and the Vulkan
+# loader from ../shared/device (the GPU machine has no Rust toolchain and no Vulkan loader).
+#
+#   bash scripts/prepare-device.sh            # then: run with carry [".device"]:
+#                                             #   bash scripts/device-bench.sh
+# SHARED=/path/to/shared overrides where shared/ is (default: ../shared beside the repo).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+shared="${SHARED:-../shared}"
+cargo build --release --example bench
+target="$(cargo metadata --format-version 1 --no-deps \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+mkdir -p .device
+cp -f "$target/release/examples/bench" .device/bench
+cp -f "$shared/device/vk-env.sh" "$shared/device/libvulkan.so.1" .device/
+git rev-parse HEAD > .device/commit 2>/dev/null || true
+git status --short -- src shaders examples >> .device/commit 2>/dev/null || true
+ls -l .device/
+.device/bench --help > /dev/null && echo "prepare-device: .device/ ready ($(du -sh .device | cut -f1))"

@@ -1,0 +1,667 @@
+#![cfg(not(target_arch = "wasm32"))]
+//! Decode against a KV cache (lavapipe in CI): token-by-token decoding equals one forward pass
+//! over the whole sequence, any chunking equals no split, ragged batches, capacity, and a typed
+//! error for every bad input.
+//!
+//! Tolerances (absolute, on outputs of magnitude ~1: v ~ N(0, 1), weights sum to at most 1):
+//! - f32 storage: `F32_TOL = 2e-5`. The kernel computes in f32; each weight is
+//!   `exp(log beta + carry)` where the carry sums up to a few hundred `log(1 - beta)` terms, each
+//!   with ~1e-7 relative rounding, and GPU `exp`/`log` are only accurate to a few ulp (WGSL
+//!   allows 3 + 2|x| ulp for exp). Observed max errors on lavapipe are <= 7e-7; the bound leaves
+//!   room for less accurate drivers while still catching a single dropped or doubled key of
+//!   weight above 2e-5 (indexing and masking bugs give errors of order 0.01 to 1).
+//! - f16 storage: `F16_TOL = 3e-3`. The reference sees the same f16-rounded inputs, so the
+//!   extra error is the final rounding of `o` to f16 (half an ulp: 2^-11 relative, <= 1e-3 for
+//!   |o| < 2; observed <= 9.7e-4) plus the f32 error above.
+//! - rem and log_rem are f32 in both cases: `F32_TOL` (log_rem relative to max(1, |log_rem|)).
+//! - Split against unsplit: only the order of f32 sums differs, `1e-5`.
+
+mod common;
+
+use common::{compare, Rng};
+use sbattn::decode::{CacheTensor, DecodePlan};
+use sbattn::{
+    from_bytes, readback_later, reference, round_to, to_bytes, Append, Attention, BufferRef, Decode, Decoder, Dtype,
+    Error, HostRemainder, KvCache, KvCacheDesc, Layout, Mask, Path, Remainder, Shape, Strides, TensorRef,
+};
+
+const F32_TOL: f64 = 2e-5;
+const F16_TOL: f64 = 3e-3;
+const SPLIT_TOL: f64 = 1e-5;
+
+fn decoder(attn: &Attention) -> &'static Decoder {
+    static DEC: std::sync::OnceLock<Decoder> = std::sync::OnceLock::new();
+    DEC.get_or_init(|| Decoder::new(attn.device()))
+}
+
+fn tol(dtype: Dtype) -> f64 {
+    match dtype {
+        Dtype::F32 => F32_TOL,
+        Dtype::F16 => F16_TOL,
+    }
+}
+
+/// Remainder handling of a case, host side.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Rem {
+    Discard,
+    Return,
+    AddToValue,
+    AddBias,
+}
+
+/// A decode scenario: each sequence `b` first gets `prefill[b]` tokens appended in one ragged
+/// append (no queries), then every step appends `n` tokens to every sequence and decodes them.
+#[derive(Clone, Debug)]
+struct Case {
+    heads: u32,
+    kv_heads: u32,
+    head_dim: u32,
+    dtype: Dtype,
+    mask: Mask,
+    prefill: Vec<u32>,
+    steps: Vec<u32>,
+    path: Path,
+    splits: Option<u32>,
+    lanes: Option<u32>,
+    rem: Rem,
+    eps: f32,
+    cache_layout: Layout,
+    /// Extra tokens of capacity beyond what the case appends.
+    spare: u32,
+    scale: Option<f32>,
+    seed: u64,
+    /// Standard deviation of q and k (large values give saturated logits).
+    qk_std: f32,
+}
+
+impl Case {
+    fn new(batch: u32, heads: u32, kv_heads: u32, head_dim: u32, dtype: Dtype, mask: Mask) -> Self {
+        Case {
+            heads,
+            kv_heads,
+            head_dim,
+            dtype,
+            mask,
+            prefill: vec![0; batch as usize],
+            steps: vec![1; 8],
+            path: Path::Auto,
+            splits: None,
+            lanes: None,
+            rem: Rem::Return,
+            eps: 0.0,
+            cache_layout: Layout::Bhtd,
+            spare: 0,
+            scale: None,
+            seed: 1,
+            qk_std: 1.0,
+        }
+    }
+    fn batch(&self) -> u32 {
+        self.prefill.len() as u32
+    }
+    fn decoded(&self) -> u32 {
+        self.steps.iter().sum()
+    }
+    fn total(&self, b: usize) -> u32 {
+        self.prefill[b] + self.decoded()
+    }
+    fn capacity(&self) -> u32 {
+        (0..self.prefill.len()).map(|b| self.total(b)).max().unwrap_or(0) + self.spare
+    }
+}
+
+/// Decoded rows of every sequence: `o` as `[B, decoded, H, D]`, `rem`/`log_rem` as
+/// `[B, H, decoded]`.
+struct Outputs {
+    o: Vec<f32>,
+    rem: Vec<f32>,
+    log_rem: Vec<f32>,
+    plans: Vec<DecodePlan>,
+    lengths: Vec<u32>,
+}
+
+/// Host data of one sequence, `[T, heads, D]`.
+struct Seq {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+fn sequences(case: &Case) -> (Vec<Seq>, Vec<f32>) {
+    let mut rng = Rng::new(case.seed);
+    let (h, hk, d) = (case.heads as usize, case.kv_heads as usize, case.head_dim as usize);
+    let seqs = (0..case.batch() as usize)
+        .map(|b| {
+            let t = case.total(b) as usize;
+            Seq {
+                q: round_to(&rng.normals(t * h * d, case.qk_std), case.dtype),
+                k: round_to(&rng.normals(t * hk * d, case.qk_std), case.dtype),
+                v: round_to(&rng.normals(t * hk * d, 1.0), case.dtype),
+            }
+        })
+        .collect();
+    let bias = round_to(&rng.normals(h * d, 1.0), case.dtype);
+    (seqs, bias)
+}
+
+/// Packs rows `from .. from + len` of every sequence (`heads` heads) into `[B, len, heads, D]`,
+/// zero where a sequence has fewer rows.
+fn pack(seqs: &[Seq], pick: impl Fn(&Seq) -> &Vec<f32>, from: &[u32], len: u32, heads: u32, d: u32) -> Vec<f32> {
+    let row = (heads * d) as usize;
+    let mut out = vec![0.0; seqs.len() * len as usize * row];
+    for (b, s) in seqs.iter().enumerate() {
+        let data = pick(s);
+        for t in 0..len as usize {
+            let src = (from[b] as usize + t) * row;
+            if src + row <= data.len() {
+                let dst = (b * len as usize + t) * row;
+                out[dst..dst + row].copy_from_slice(&data[src..src + row]);
+            }
+        }
+    }
+    out
+}
+
+fn buffer(attn: &Attention, data: &[f32], dtype: Dtype) -> wgpu::Buffer {
+    use wgpu::util::DeviceExt;
+    let mut bytes = to_bytes(data, dtype);
+    bytes.resize(bytes.len().next_multiple_of(4).max(4), 0);
+    attn.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: None,
+        contents: &bytes,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+    })
+}
+
+fn zeros(attn: &Attention, bytes: u64) -> wgpu::Buffer {
+    attn.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: bytes.next_multiple_of(4).max(4),
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    })
+}
+
+fn read(attn: &Attention, encoder: wgpu::CommandEncoder, bufs: &[(&wgpu::Buffer, u64, Dtype)]) -> Vec<Vec<f32>> {
+    let mut encoder = encoder;
+    let dev = attn.device();
+    let rb: Vec<_> = bufs.iter().map(|(b, len, _)| readback_later(dev, &mut encoder, b, *len)).collect();
+    attn.queue().submit([encoder.finish()]);
+    rb.into_iter()
+        .zip(bufs)
+        .map(|(r, (_, _, dt))| from_bytes(&pollster::block_on(r.read(dev)).expect("readback"), *dt))
+        .collect()
+}
+
+/// A cache for `case`, `[B, Hkv, capacity, D]` or `[B, capacity, Hkv, D]`.
+fn make_cache(attn: &Attention, case: &Case) -> KvCache {
+    let mut desc = KvCacheDesc::new(case.batch(), case.kv_heads, case.head_dim, case.capacity(), case.dtype);
+    desc.layout = case.cache_layout;
+    KvCache::new(attn.device(), desc).expect("cache")
+}
+
+/// Runs `case` on the GPU: one encoder, one submit.
+fn run(attn: &Attention, case: &Case, seqs: &[Seq], bias: &[f32]) -> Result<Outputs, Error> {
+    let dec = decoder(attn);
+    let (bsz, h, hk, d, dt) = (case.batch(), case.heads, case.kv_heads, case.head_dim, case.dtype);
+    let mut cache = make_cache(attn, case);
+    let mut encoder = attn.device().create_command_encoder(&Default::default());
+    let zero = vec![0u32; bsz as usize];
+    let pmax = case.prefill.iter().copied().max().unwrap_or(0);
+    let (kp, vp);
+    if pmax > 0 {
+        kp = buffer(attn, &pack(seqs, |s| &s.k, &zero, pmax, hk, d), dt);
+        vp = buffer(attn, &pack(seqs, |s| &s.v, &zero, pmax, hk, d), dt);
+        let mut app = Append::new(TensorRef::bthd(&kp, pmax, hk, d), TensorRef::bthd(&vp, pmax, hk, d), pmax);
+        app.counts = Some(&case.prefill);
+        dec.append(&mut encoder, &mut cache, &app)?;
+    }
+    let nd = case.decoded();
+    let qd = buffer(attn, &pack(seqs, |s| &s.q, &case.prefill, nd, h, d), dt);
+    let kd = buffer(attn, &pack(seqs, |s| &s.k, &case.prefill, nd, hk, d), dt);
+    let vd = buffer(attn, &pack(seqs, |s| &s.v, &case.prefill, nd, hk, d), dt);
+    let o_len = (bsz * nd * h * d) as u64;
+    let od = zeros(attn, o_len * dt.size());
+    let rows = (bsz * h * nd) as u64;
+    let remd = zeros(attn, rows * 4);
+    let lremd = zeros(attn, rows * 4);
+    let biasb = buffer(attn, bias, dt);
+    let mut plans = Vec::new();
+    let mut t0 = 0u32;
+    for &n in &case.steps {
+        let at = |heads: u32| (t0 * heads * d) as u64;
+        let kv = |buf| TensorRef::bthd(buf, nd, hk, d).at_offset(at(hk));
+        dec.append(&mut encoder, &mut cache, &Append::new(kv(&kd), kv(&vd), n))?;
+        let mut call = Decode::new(
+            &cache,
+            h,
+            n,
+            TensorRef::bthd(&qd, nd, h, d).at_offset(at(h)),
+            TensorRef::bthd(&od, nd, h, d).at_offset(at(h)),
+        );
+        let region = (bsz * h * t0) as u64; // rem of this step: [B, H, n] after earlier steps'
+        call.mask = case.mask;
+        call.scale = case.scale;
+        call.path = case.path;
+        call.splits = case.splits;
+        call.lanes_per_key = case.lanes;
+        call.early_exit_eps = case.eps;
+        call.log_rem = Some(BufferRef::new(&lremd).at_offset(region));
+        call.remainder = match case.rem {
+            Rem::Discard => Remainder::Discard,
+            Rem::Return => Remainder::Return(BufferRef::new(&remd).at_offset(region)),
+            Rem::AddToValue => Remainder::AddToValue,
+            Rem::AddBias => Remainder::AddBias(BufferRef::new(&biasb)),
+        };
+        plans.push(dec.plan(&call)?);
+        dec.decode(&mut encoder, &call)?;
+        t0 += n;
+    }
+    let lengths = cache.lengths_buffer().clone();
+    let out = read(
+        attn,
+        encoder,
+        &[(&od, o_len * dt.size(), dt), (&remd, rows * 4, Dtype::F32), (&lremd, rows * 4, Dtype::F32), (&lengths, bsz as u64 * 4, Dtype::F32)],
+    );
+    // Per-step [B, H, n] regions back to [B, H, decoded].
+    let unstep = |x: &[f32]| {
+        let mut y = vec![0.0; x.len()];
+        let mut t0 = 0u32;
+        for &n in &case.steps {
+            for b in 0..bsz {
+                for hh in 0..h {
+                    for i in 0..n {
+                        let src = (bsz * h * t0 + (b * h + hh) * n + i) as usize;
+                        y[((b * h + hh) * nd + t0 + i) as usize] = x[src];
+                    }
+                }
+            }
+            t0 += n;
+        }
+        y
+    };
+    let lengths = out[3].iter().map(|x| x.to_bits()).collect();
+    Ok(Outputs { o: out[0].clone(), rem: unstep(&out[1]), log_rem: unstep(&out[2]), plans, lengths })
+}
+
+/// The reference rows the decode steps produce, in the layout of [`Outputs`].
+fn expected(case: &Case, seqs: &[Seq], bias: &[f32]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (h, d, nd) = (case.heads as usize, case.head_dim as usize, case.decoded() as usize);
+    let (mut o, mut rem, mut lrem) = (Vec::new(), Vec::new(), Vec::new());
+    for (b, s) in seqs.iter().enumerate() {
+        let t = case.total(b);
+        let shape = Shape::new(1, t, case.heads, case.head_dim).with_kv_heads(case.kv_heads);
+        let remainder = match case.rem {
+            Rem::AddToValue => HostRemainder::AddToValue,
+            Rem::AddBias => HostRemainder::AddBias(bias),
+            _ => HostRemainder::Return,
+        };
+        let r = reference::forward(&shape, Layout::Bthd, &s.q, &s.k, &s.v, case.mask, case.scale, &remainder)
+            .expect("reference");
+        let p = case.prefill[b] as usize;
+        o.extend_from_slice(&r.o[p * h * d..(p + nd) * h * d]);
+        for hh in 0..h {
+            let row = hh * t as usize + p;
+            rem.extend_from_slice(&r.rem[row..row + nd]);
+            lrem.extend_from_slice(&r.log_rem[row..row + nd]);
+        }
+    }
+    (o, rem, lrem)
+}
+
+/// Runs `case` and checks it against the reference; returns the outputs.
+fn check(attn: &Attention, case: &Case) -> Outputs {
+    let (seqs, bias) = sequences(case);
+    let out = run(attn, case, &seqs, &bias).unwrap_or_else(|e| panic!("{case:?}: {e}"));
+    let (o, rem, lrem) = expected(case, &seqs, &bias);
+    let eo = compare("o", &out.o, &o);
+    assert!(eo.max_abs <= tol(case.dtype), "{case:?}\no: {eo:?} plans {:?}", out.plans[0]);
+    if case.rem == Rem::Return {
+        let er = compare("rem", &out.rem, &rem);
+        assert!(er.max_abs <= F32_TOL, "{case:?}\nrem: {er:?}");
+    }
+    let el = lrem.iter().zip(&out.log_rem).map(|(w, g)| (*g as f64 - w).abs() / w.abs().max(1.0)).fold(0.0, f64::max);
+    assert!(el <= F32_TOL, "{case:?}\nlog_rem rel err {el}");
+    let want: Vec<u32> = (0..seqs.len()).map(|b| case.total(b)).collect();
+    assert_eq!(out.lengths, want, "GPU lengths");
+    eprintln!("{:?} {:?} {:?}: o {:.1e} ({:?})", case.dtype, case.mask, case.rem, eo.max_abs, out.plans[0]);
+    out
+}
+
+#[test]
+fn token_by_token_matches_forward_gqa() {
+    let attn = gpu_or_skip!();
+    for dtype in [Dtype::F32, Dtype::F16] {
+        for mask in [Mask::Strict, Mask::IncludeCurrent] {
+            let mut case = Case::new(2, 4, 2, 40, dtype, mask);
+            case.steps = vec![1; 13];
+            check(attn, &case);
+        }
+    }
+}
+
+/// Several new tokens per step (speculative decoding), multi-query: up to 4 x 16 query rows
+/// per kv head, so several row blocks on the subgroup path.
+#[test]
+fn multi_token_steps_mqa() {
+    let attn = gpu_or_skip!();
+    let mut case = Case::new(2, 4, 1, 40, Dtype::F32, Mask::IncludeCurrent);
+    case.steps = vec![3, 1, 16];
+    let out = check(attn, &case);
+    // 64 rows need several row blocks on any path of this adapter.
+    assert!(out.plans.iter().any(|p| p.row_blocks > 1), "{:?}", out.plans);
+    for p in &out.plans {
+        eprintln!("{p:?}");
+    }
+}
+
+/// Any chunking of a long cache equals the unsplit result (and the reference).
+#[test]
+fn any_chunking_equals_no_split() {
+    let attn = gpu_or_skip!();
+    let mut base = Case::new(2, 4, 2, 40, Dtype::F32, Mask::Strict);
+    base.prefill = vec![300, 300];
+    base.steps = vec![1, 2];
+    base.splits = Some(1);
+    let whole = check(attn, &base);
+    // 3 and 7 do not divide the 300-odd keys; 64 leaves a few keys per chunk; 400 is more
+    // chunks than keys, so some chunks are empty.
+    for splits in [None, Some(2), Some(3), Some(7), Some(64), Some(400)] {
+        let case = Case { splits, ..base.clone() };
+        let out = check(attn, &case);
+        let want: Vec<f64> = whole.o.iter().map(|x| *x as f64).collect();
+        let e = compare("split vs unsplit", &out.o, &want);
+        assert!(e.max_abs <= SPLIT_TOL, "splits {splits:?}: {e:?}");
+        let want: Vec<f64> = whole.rem.iter().map(|x| *x as f64).collect();
+        let e = compare("split vs unsplit rem", &out.rem, &want);
+        assert!(e.max_abs <= SPLIT_TOL, "splits {splits:?}: {e:?}");
+        if let Some(s) = splits {
+            assert!(out.plans.iter().all(|p| p.splits == s));
+        }
+    }
+}
+
+/// Sequences of different lengths in one batch (a ragged prefill append, including an empty
+/// sequence whose first query sees no key), and a `[B, T, Hkv, D]` cache.
+#[test]
+fn ragged_batch() {
+    let attn = gpu_or_skip!();
+    for (dtype, mask, layout, steps) in [
+        (Dtype::F32, Mask::Strict, Layout::Bthd, vec![1, 2, 1]),
+        (Dtype::F16, Mask::IncludeCurrent, Layout::Bhtd, vec![1, 1]),
+    ] {
+        let mut case = Case::new(4, 4, 2, 40, dtype, mask);
+        case.prefill = vec![0, 37, 5, 120];
+        case.steps = steps;
+        case.splits = Some(3);
+        case.cache_layout = layout;
+        check(attn, &case);
+    }
+}
+
+/// A head dim that is not a multiple of 4 takes the scalar loads; the largest head dim.
+#[test]
+fn odd_and_largest_head_dims() {
+    let attn = gpu_or_skip!();
+    let case = Case { prefill: vec![70], steps: vec![2, 2], ..Case::new(1, 3, 3, 50, Dtype::F32, Mask::Strict) };
+    let out = check(attn, &case);
+    assert!(!out.plans[0].variant.vec_loads);
+    // The largest head dim: 8 vec4s per lane at 8 lanes.
+    check(attn, &Case { head_dim: 256, dtype: Dtype::F16, ..case });
+}
+
+#[test]
+fn remainder_modes() {
+    let attn = gpu_or_skip!();
+    for rem in [Rem::Discard, Rem::AddToValue, Rem::AddBias] {
+        let base = Case::new(2, 4, 2, 40, Dtype::F32, Mask::Strict);
+        check(attn, &Case { prefill: vec![9, 20], steps: vec![1, 2], rem, scale: Some(0.3), ..base });
+    }
+}
+
+/// Logits of +-1e4 stay finite and match the reference.
+#[test]
+fn huge_logits_stay_finite() {
+    let attn = gpu_or_skip!();
+    let base = Case::new(1, 4, 2, 40, Dtype::F32, Mask::IncludeCurrent);
+    // z = q.k / sqrt(40) has a standard deviation of 2500
+    check(attn, &Case { prefill: vec![40], steps: vec![1, 1], qk_std: 50.0, ..base });
+}
+
+/// Early exit moves `o` by at most 5 eps max|v|: within a key slot the skipped weights sum
+/// to less than the stick left when it stops (< eps, error < eps max|v|); the slots and chunks
+/// behind it are scaled by less than eps, and both their true and their computed weights sum
+/// to less than eps (stick-breaking telescopes), twice for slots and twice for chunks.
+#[test]
+fn early_exit_is_bounded() {
+    let attn = gpu_or_skip!();
+    let eps = 1e-3f32;
+    let mut case = Case::new(1, 4, 2, 40, Dtype::F32, Mask::Strict);
+    case.prefill = vec![400];
+    case.steps = vec![1, 1];
+    case.qk_std = 1.5; // logits of a few units: sticks are spent within tens of keys
+    case.splits = Some(2);
+    case.eps = eps;
+    let (seqs, bias) = sequences(&case);
+    let out = run(attn, &case, &seqs, &bias).expect("run");
+    let (o, rem, lrem) = expected(&case, &seqs, &bias);
+    let vmax = seqs.iter().flat_map(|s| s.v.iter()).fold(0.0f32, |m, x| m.max(x.abs())) as f64;
+    let e = compare("o with early exit", &out.o, &o);
+    assert!(e.max_abs <= 5.0 * eps as f64 * vmax + F32_TOL, "{e:?}");
+    // rem is only an upper bound once below eps; the exit did happen (rem far above truth).
+    for ((g, w), lw) in out.rem.iter().zip(&rem).zip(&lrem) {
+        assert!((*g as f64) < eps as f64 && (*g as f64) >= w - F32_TOL, "rem {g} vs {w}");
+        assert!(*lw < -30.0, "the case must spend the stick: log rem {lw}");
+    }
+    assert!(out.log_rem.iter().zip(&lrem).any(|(g, w)| (*g as f64) > w + 1.0), "no early exit happened");
+}
+
+/// A cache filled to exactly its capacity decodes; one more token is an error that records
+/// nothing and leaves the mirror alone.
+#[test]
+fn capacity_exact_and_overflow() {
+    let attn = gpu_or_skip!();
+    let mut case = Case::new(2, 4, 2, 40, Dtype::F32, Mask::Strict);
+    case.prefill = vec![10, 4];
+    case.steps = vec![2, 1, 2];
+    assert_eq!(case.spare, 0);
+    check(attn, &case); // the longest sequence ends exactly at capacity
+
+    let dec = decoder(attn);
+    let mut cache = KvCache::new(attn.device(), KvCacheDesc::new(2, 1, 8, 5, Dtype::F32)).expect("cache");
+    let kv = zeros(attn, 2 * 5 * 8 * 4);
+    let mut enc = attn.device().create_command_encoder(&Default::default());
+    let t = |n| TensorRef::bthd(&kv, n, 1, 8);
+    dec.append(&mut enc, &mut cache, &Append { counts: Some(&[5, 3]), ..Append::new(t(5), t(5), 5) }).expect("fill");
+    assert_eq!(cache.lengths(), &[5, 3]);
+    let err = dec.append(&mut enc, &mut cache, &Append { counts: Some(&[0, 3]), ..Append::new(t(5), t(5), 5) });
+    assert_eq!(err, Err(Error::CacheOverflow { sequence: 1, length: 3, appending: 3, capacity: 5 }));
+    let err = dec.append(&mut enc, &mut cache, &Append::new(t(1), t(1), 1));
+    assert!(matches!(err, Err(Error::CacheOverflow { sequence: 0, .. })), "{err:?}");
+    assert_eq!(cache.lengths(), &[5, 3]);
+    dec.append(&mut enc, &mut cache, &Append { counts: Some(&[0, 2]), ..Append::new(t(2), t(2), 2) }).expect("top up");
+    cache.set_lengths(&mut enc, &[1, 0]).expect("set lengths");
+    let lens = read(attn, enc, &[(cache.lengths_buffer(), 8, Dtype::F32)]);
+    let lens: Vec<u32> = lens[0].iter().map(|x| x.to_bits()).collect();
+    assert_eq!(lens, vec![1, 0]);
+    assert_eq!(cache.lengths(), &[1, 0]);
+}
+
+/// A cache on the caller's buffer: K and V in two halves of one buffer, `[B, T, Hkv, D]` with
+/// a padded token stride.
+#[test]
+fn cache_on_caller_buffers() {
+    let attn = gpu_or_skip!();
+    let (b, hk, d, cap) = (2u32, 2u32, 40u32, 30u32);
+    let tok = hk * d + 4; // 4 elements of padding per token
+    let strides = Strides { batch: (cap * tok) as u64, token: tok as u64, head: d as u64 };
+    let half = (b * cap * tok) as u64;
+    let buf = zeros(attn, 2 * half * 4);
+    let k = CacheTensor { buffer: buf.clone(), offset: 0, strides };
+    let v = CacheTensor { buffer: buf.clone(), offset: half, strides };
+    let desc = KvCacheDesc::new(b, hk, d, cap, Dtype::F32);
+    let mut cache = KvCache::from_buffers(attn.device(), desc, k, v).expect("cache");
+    // Fill it, then decode one token and compare with the reference.
+    let mut rng = Rng::new(7);
+    let t = 20u32;
+    let h = 4u32;
+    let (q, kk, vv) = (rng.normals((b * t * h * d) as usize, 1.0), rng.normals((b * t * hk * d) as usize, 1.0), rng.normals((b * t * hk * d) as usize, 1.0));
+    let (kb, vb) = (buffer(attn, &kk, Dtype::F32), buffer(attn, &vv, Dtype::F32));
+    let qb = buffer(attn, &q, Dtype::F32);
+    let ob = zeros(attn, (b * h * d) as u64 * 4);
+    let dec = decoder(attn);
+    let mut enc = attn.device().create_command_encoder(&Default::default());
+    dec.append(&mut enc, &mut cache, &Append::new(TensorRef::bthd(&kb, t, hk, d), TensorRef::bthd(&vb, t, hk, d), t)).expect("append");
+    let qlast = TensorRef::bthd(&qb, t, h, d).at_offset(((t - 1) * h * d) as u64);
+    let call = Decode { mask: Mask::IncludeCurrent, ..Decode::new(&cache, h, 1, qlast, TensorRef::bthd(&ob, 1, h, d)) };
+    assert!(!dec.plan(&call).expect("plan").variant.vec_loads || tok % 4 == 0);
+    dec.decode(&mut enc, &call).expect("decode");
+    let got = read(attn, enc, &[(&ob, (b * h * d) as u64 * 4, Dtype::F32)]).remove(0);
+    let shape = Shape::new(b, t, h, d).with_kv_heads(hk);
+    let r = reference::forward(&shape, Layout::Bthd, &q, &kk, &vv, Mask::IncludeCurrent, None, &HostRemainder::Discard).expect("ref");
+    let want: Vec<f64> = (0..b as usize)
+        .flat_map(|bb| r.o[((bb * t as usize + t as usize - 1) * (h * d) as usize)..][..(h * d) as usize].to_vec())
+        .collect();
+    let e = compare("o", &got, &want);
+    assert!(e.max_abs <= F32_TOL, "{e:?}");
+}
+
+/// Rust parameter structs against naga's layout of the WGSL ones.
+#[test]
+fn params_layout_matches_wgsl() {
+    for (kernel, src, size, fields) in sbattn::decode::param_layouts(sbattn::shader::Target::Native) {
+        let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{kernel}: {}", e.emit_to_string(&src)));
+        let (_, ty) = module.types.iter().find(|(_, t)| t.name.as_deref() == Some("Params")).expect("Params");
+        let naga::TypeInner::Struct { members, span } = &ty.inner else { panic!("{kernel}: Params is not a struct") };
+        let wgsl: Vec<(String, usize)> = members.iter().map(|m| (m.name.clone().unwrap_or_default(), m.offset as usize)).collect();
+        assert_eq!(wgsl, fields, "{kernel}");
+        assert_eq!(*span as usize, size, "{kernel}");
+    }
+}
+
+/// A small valid setup for the bad-input tests: cache of 2 sequences holding 3 tokens.
+struct Setup {
+    cache: KvCache,
+    q: wgpu::Buffer,
+    o: wgpu::Buffer,
+    small: wgpu::Buffer,
+    no_storage: wgpu::Buffer,
+}
+
+const H: u32 = 4;
+const HK: u32 = 2;
+const D: u32 = 8;
+
+fn setup(attn: &Attention) -> Setup {
+    let mut cache = KvCache::new(attn.device(), KvCacheDesc::new(2, HK, D, 6, Dtype::F32)).expect("cache");
+    let mut enc = attn.device().create_command_encoder(&Default::default());
+    cache.set_lengths(&mut enc, &[3, 3]).expect("lengths");
+    attn.queue().submit([enc.finish()]);
+    let no_storage = attn.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 4096,
+        usage: wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    Setup { cache, q: zeros(attn, 4096), o: zeros(attn, 4096), small: zeros(attn, 16), no_storage }
+}
+
+fn decode_err(attn: &Attention, call: &Decode<'_>) -> Error {
+    let mut enc = attn.device().create_command_encoder(&Default::default());
+    match decoder(attn).decode(&mut enc, call) {
+        Ok(()) => panic!("no error for {call:?}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn bad_decode_inputs_are_errors() {
+    let attn = gpu_or_skip!();
+    let s = setup(attn);
+    let t = |buf, n| TensorRef::bthd(buf, n, H, D);
+    let base = |n| Decode::new(&s.cache, H, n, t(&s.q, n), t(&s.o, n));
+    // The valid call works.
+    let mut enc = attn.device().create_command_encoder(&Default::default());
+    decoder(attn).decode(&mut enc, &base(2)).expect("valid call");
+
+    let shape = |e: Error| matches!(e, Error::Shape(_));
+    let param = |name: &str, e: &Error| matches!(e, Error::InvalidParameter { name: n, .. } if *n == name);
+    assert!(shape(decode_err(attn, &base(0))), "no queries");
+    assert!(shape(decode_err(attn, &base(17))), "17 queries");
+    assert!(shape(decode_err(attn, &base(4))), "more queries than tokens held");
+    assert_eq!(decode_err(attn, &Decode { heads: 3, ..base(1) }), Error::HeadsNotDivisible { heads: 3, kv_heads: 2 });
+    assert!(shape(decode_err(attn, &Decode { heads: 0, ..base(1) })), "0 heads");
+    assert!(matches!(decode_err(attn, &Decode { scale: Some(f32::NAN), ..base(1) }), Error::NonFiniteScale(_)));
+    assert!(matches!(decode_err(attn, &Decode { scale: Some(f32::INFINITY), ..base(1) }), Error::NonFiniteScale(_)));
+    for eps in [-1e-3, 1.0, f32::NAN] {
+        assert!(param("early_exit_eps", &decode_err(attn, &Decode { early_exit_eps: eps, ..base(1) })), "eps {eps}");
+    }
+    assert!(param("splits", &decode_err(attn, &Decode { splits: Some(0), ..base(1) })));
+    assert!(param("splits", &decode_err(attn, &Decode { splits: Some(1 << 20), ..base(1) })));
+    assert!(param("lanes_per_key", &decode_err(attn, &Decode { lanes_per_key: Some(12), ..base(1) })));
+    let min_sg = decoder(attn).capabilities().adapter.subgroup_min_size;
+    if min_sg < 64 {
+        let e = decode_err(attn, &Decode { lanes_per_key: Some(64), path: Path::Subgroup, ..base(1) });
+        assert!(matches!(e, Error::Unsupported(_)), "{e:?}");
+    }
+    // Tensors.
+    assert!(matches!(decode_err(attn, &Decode { q: t(&s.small, 1), ..base(1) }), Error::BufferTooSmall { tensor: "q", .. }));
+    assert!(matches!(decode_err(attn, &Decode { o: t(&s.small, 1), ..base(1) }), Error::BufferTooSmall { tensor: "o", .. }));
+    assert!(matches!(decode_err(attn, &Decode { o: t(&s.no_storage, 1), ..base(1) }), Error::BufferUsage { tensor: "o", .. }));
+    assert!(matches!(decode_err(attn, &Decode { o: t(&s.q, 1).at_offset(512), ..base(1) }), Error::Aliasing { .. }));
+    let in_cache = TensorRef::bthd(s.cache.v().buffer, 1, H, D);
+    assert!(matches!(decode_err(attn, &Decode { o: in_cache, ..base(1) }), Error::Aliasing { .. }));
+    let overlapping = TensorRef::new(&s.o, 0, Strides { batch: 8, token: 8, head: 4 });
+    assert!(matches!(decode_err(attn, &Decode { o: overlapping, ..base(1) }), Error::Stride { tensor: "o", .. }));
+    let rem_small = Remainder::Return(BufferRef::new(&s.small));
+    assert!(matches!(decode_err(attn, &Decode { remainder: rem_small, ..base(2) }), Error::BufferTooSmall { tensor: "rem", .. }));
+    let rem_on_o = Remainder::Return(BufferRef::new(&s.o));
+    assert!(matches!(decode_err(attn, &Decode { remainder: rem_on_o, ..base(1) }), Error::Aliasing { .. }));
+    let bias_small = Remainder::AddBias(BufferRef::new(&s.small));
+    assert!(matches!(decode_err(attn, &Decode { remainder: bias_small, ..base(1) }), Error::BufferTooSmall { tensor: "bias", .. }));
+    let lrem_small = Some(BufferRef::new(&s.small).at_offset(2));
+    assert!(matches!(decode_err(attn, &Decode { log_rem: lrem_small, ..base(1) }), Error::BufferTooSmall { tensor: "log_rem", .. }));
+}
+
+#[test]
+fn bad_cache_and_append_inputs_are_errors() {
+    let attn = gpu_or_skip!();
+    let dev = attn.device();
+    let new = |b, hk, d, cap| KvCache::new(dev, KvCacheDesc::new(b, hk, d, cap, Dtype::F32)).err();
+    assert_eq!(new(2, 2, 0, 4), Some(Error::HeadDim { head_dim: 0, max: 256 }));
+    assert_eq!(new(2, 2, 300, 4), Some(Error::HeadDim { head_dim: 300, max: 256 }));
+    assert!(matches!(new(0, 2, 8, 4), Some(Error::Shape(_))));
+    assert!(matches!(new(2, 0, 8, 4), Some(Error::Shape(_))));
+    assert!(matches!(new(2, 2, 8, 0), Some(Error::Shape(_))));
+    assert!(matches!(new(1 << 16, 64, 256, 1 << 20), Some(Error::Limit { .. })));
+
+    let s = setup(attn);
+    let desc = KvCacheDesc::new(2, HK, D, 6, Dtype::F32);
+    let strides = Layout::Bhtd.strides(6, HK, D);
+    let owned = |buffer: &wgpu::Buffer, offset| CacheTensor { buffer: buffer.clone(), offset, strides };
+    let from = |k, v| KvCache::from_buffers(dev, desc, k, v).err();
+    assert!(matches!(from(owned(&s.no_storage, 0), owned(&s.q, 0)), Some(Error::BufferUsage { .. })));
+    assert!(matches!(from(owned(&s.small, 0), owned(&s.q, 0)), Some(Error::BufferTooSmall { .. })));
+    assert!(matches!(from(owned(&s.q, 0), owned(&s.q, 8)), Some(Error::Aliasing { .. })));
+    let bad = CacheTensor { buffer: s.q.clone(), offset: 0, strides: Strides { batch: 96, token: 4, head: 48 } };
+    assert!(matches!(from(bad, owned(&s.o, 0)), Some(Error::Stride { .. })));
+
+    let dec = decoder(attn);
+    let mut cache = KvCache::new(dev, desc).expect("cache");
+    let mut enc = dev.create_command_encoder(&Default::default());
+    assert!(matches!(cache.set_lengths(&mut enc, &[1]), Err(Error::HostData { .. })));
+    assert!(matches!(cache.set_lengths(&mut enc, &[1, 7]), Err(Error::CacheOverflow { sequence: 1, .. })));
+    let t = |buf, n| TensorRef::bthd(buf, n, HK, D);
+    let mut append = |call: &Append<'_>| dec.append(&mut enc, &mut cache, call).err();
+    assert!(matches!(append(&Append::new(t(&s.q, 0), t(&s.o, 0), 0)), Some(Error::Shape(_))));
+    assert!(matches!(append(&Append { counts: Some(&[1]), ..Append::new(t(&s.q, 2), t(&s.o, 2), 2) }), Some(Error::HostData { .. })));
+    assert!(matches!(append(&Append { counts: Some(&[1, 3]), ..Append::new(t(&s.q, 2), t(&s.o, 2), 2) }), Some(Error::Shape(_))));
+    assert!(matches!(append(&Append::new(t(&s.q, 7), t(&s.o, 7), 7)), Some(Error::CacheOverflow { .. })));
+    assert!(matches!(append(&Append::new(t(&s.small, 2), t(&s.o, 2), 2)), Some(Error::BufferTooSmall { tensor: "k", .. })));
+    assert!(matches!(append(&Append::new(t(&s.q, 2), t(&s.no_storage, 2), 2)), Some(Error::BufferUsage { tensor: "v", .. })));
+    let kc = cache.k().buffer.clone();
+    let err = dec.append(&mut enc, &mut cache, &Append::new(t(&kc, 2), t(&s.o, 2), 2));
+    assert!(matches!(err, Err(Error::Aliasing { .. })), "{err:?}");
+    assert_eq!(cache.lengths(), &[0, 0], "failed appends must not move the mirror");
+}
