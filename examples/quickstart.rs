@@ -29,8 +29,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
     };
     let n = (b * t * h * d) as usize;
-    let mut gen = |dt| round_to(&(0..n).map(|_| next() * 1.7).collect::<Vec<_>>(), dt);
-    let (q, k, v) = (gen(dtype), gen(dtype), gen(dtype));
+    let mut make = |dt| round_to(&(0..n).map(|_| next() * 1.7).collect::<Vec<_>>(), dt);
+    let (q, k, v) = (make(dtype), make(dtype), make(dtype));
 
     for dtype in [Dtype::F32, dtype] {
         let plan = attn.plan(dtype, d, Path::Auto)?;

@@ -4,14 +4,17 @@
 #
 #   bash scripts/device-bench.sh
 #
-# Steps (each under a time limit, so the whole stays under ~6 minutes):
-#   1. ours, default sweep, every path, f16, random inputs, eps 0
-#   2. ours, default sweep, portable paths only (subgroup, shared), f32
-#   3. ours at B4 H12 T4096 D128, every path, f16, eps 0 and $EPS, random and long-range inputs
-#   4. PyTorch baselines (SDPA bf16/f16/f32, eager stick-breaking bf16/f16) at the default sweep
-#   5. scripts/report.py: the markdown table for BENCHMARKS.md, printed last
-# Files under $OUT (at most 8 come back): ours-f16.json ours-f32.json ours-eps.json torch.json
-# report.md device-bench.log.
+# Steps (each under a time limit; STEPS="tests f16 ..." picks a subset, default all, which can
+# exceed one 10-minute call: split it over two):
+#   tests      the GPU test binaries (forward, invariants, errors, decode) on this GPU
+#   f16        ours, default sweep, every path, f16, random inputs, eps 0
+#   unchecked  ours at B4 H12 T4096/8192 D128, every path, f16, without wgpu runtime checks
+#   f32        ours, default sweep, portable paths only (subgroup, shared), f32
+#   eps        ours at B4 H12 T4096 D128, every path, f16, eps 0 and $EPS, random and long-range
+#   torch      PyTorch baselines (SDPA bf16/f16/f32, eager stick-breaking bf16/f16)
+# then scripts/report.py: the markdown table for BENCHMARKS.md, printed last.
+# Files under $OUT (at most 8 come back): ours-*.json torch.json tests.txt report.md
+# device-bench.log.
 # Environment: OUT (default /tmp/sbattn-bench), EPS (default 1e-3), PYTHON (default python3),
 # BENCH (default .device/bench), EXTRA (more options for every bench call, e.g. "--iters 20"; a
 # later option wins, so EXTRA="--shapes 1x2x128x64" shrinks every step), TORCH_EXTRA (more options
@@ -51,17 +54,32 @@ step() { # step SECONDS NAME COMMAND...: runs with a limit, logs everything, nev
 } >> "$log"
 
 common=(--time-limit 3 --iters 10 --warmup 3)
+STEPS="${STEPS:-tests f16 unchecked f32 eps torch}"
+has() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 # shellcheck disable=SC2086
-step 120 "ours f16" "$BENCH" --profile default --paths all --dtypes f16 "${common[@]}" $EXTRA --json "$OUT/ours-f16.json"
+has f16 && step 150 "ours f16" "$BENCH" --profile default --paths all --dtypes f16 "${common[@]}" $EXTRA --json "$OUT/ours-f16.json"
 # shellcheck disable=SC2086
-step 90 "ours f32" "$BENCH" --profile default --paths subgroup,shared --dtypes f32 "${common[@]}" $EXTRA --json "$OUT/ours-f32.json"
+has unchecked && step 60 "ours f16 unchecked" "$BENCH" --shapes 4x12x4096x128,4x12x8192x128 --paths all --dtypes f16 \
+  --checks unchecked "${common[@]}" $EXTRA --json "$OUT/ours-unchecked.json"
 # shellcheck disable=SC2086
-step 60 "ours eps" "$BENCH" --shapes 4x12x4096x128 --paths all --dtypes f16 --eps "0,$EPS" --inputs random,long-range \
+has f32 && step 90 "ours f32" "$BENCH" --profile default --paths subgroup,shared --dtypes f32 "${common[@]}" $EXTRA --json "$OUT/ours-f32.json"
+# shellcheck disable=SC2086
+has eps && step 60 "ours eps" "$BENCH" --shapes 4x12x4096x128 --paths all --dtypes f16 --eps "0,$EPS" --inputs random,long-range \
   "${common[@]}" $EXTRA --json "$OUT/ours-eps.json"
 # shellcheck disable=SC2086
-step 100 "torch baselines" "$PYTHON" scripts/torch_baselines.py "$OUT/torch.json" --time-limit 3 $TORCH_EXTRA
-step 20 "report" "$PYTHON" scripts/report.py --ours "$OUT/ours-f16.json" "$OUT/ours-f32.json" "$OUT/ours-eps.json" \
-  --torch "$OUT/torch.json" --out "$OUT/report.md"
+has torch && step 100 "torch baselines" "$PYTHON" scripts/torch_baselines.py "$OUT/torch.json" --time-limit 3 $TORCH_EXTRA
+if has tests; then
+  # Correctness on this GPU, every path it has (the tensor-core path only runs here).
+  step 120 "test forward" .device/test-forward --test-threads 8
+  step 60 "test invariants" .device/test-invariants --test-threads 8
+  step 60 "test decode" .device/test-decode --test-threads 8
+  grep -E "^test result|FAILED|panicked|^=== test" "$log" | head -30 > "$OUT/tests.txt"
+fi
+ours=()
+for f in f16 unchecked f32 eps; do [ -f "$OUT/ours-$f.json" ] && ours+=("$OUT/ours-$f.json"); done
+torch=()
+[ -f "$OUT/torch.json" ] && torch=(--torch "$OUT/torch.json")
+step 20 "report" "$PYTHON" scripts/report.py --ours "${ours[@]}" "${torch[@]}" --out "$OUT/report.md"
 
 rm -f "$OUT"/*.tmp
 echo

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds what scripts/device-bench.sh runs on the GPU machine and puts it in .device/ (git-ignored,
-# carried with `carry: [".device"]`): the release benchmark binary, vk-env.sh and the Vulkan
-# loader from ../shared/device (the GPU machine has no Rust toolchain and no Vulkan loader).
+# carried with `carry: [".device"]`): the release benchmark binaries, the GPU test binaries
+# (forward, invariants, errors, decode: run there, they test the paths lavapipe lacks, such as
+# the cooperative-matrix kernel), vk-env.sh and the Vulkan loader from ../shared/device (the
+# GPU machine has no Rust toolchain and no Vulkan loader).
 #
 #   bash scripts/prepare-device.sh            # then: run with carry [".device"]:
 #                                             #   bash scripts/device-bench.sh
@@ -9,11 +11,22 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 shared="${SHARED:-../shared}"
-cargo build --release --example bench
+cargo build --release --example bench --example bench_decode --example quickstart
+tests=(forward invariants errors decode)
+cargo test --release --no-run $(printf -- '--test %s ' "${tests[@]}") --message-format=json \
+  | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["kind"] == ["test"] and m.get("executable"):
+        print(m["target"]["name"], m["executable"])' > /tmp/sbattn-test-bins
 target="$(cargo metadata --format-version 1 --no-deps \
   | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
 mkdir -p .device
 cp -f "$target/release/examples/bench" .device/bench
+cp -f "$target/release/examples/bench_decode" .device/bench_decode
+cp -f "$target/release/examples/quickstart" .device/quickstart
+while read -r name exe; do cp -f "$exe" ".device/test-$name"; done < /tmp/sbattn-test-bins
 cp -f "$shared/device/vk-env.sh" "$shared/device/libvulkan.so.1" .device/
 git rev-parse HEAD > .device/commit 2>/dev/null || true
 git status --short -- src shaders examples >> .device/commit 2>/dev/null || true
