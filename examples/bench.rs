@@ -44,7 +44,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use sbattn::{Attention, Dtype, Forward, HostInput, HostRemainder, Layout, Mask, Path, Shape, TensorRef};
+use sbattn::{Attention, Dtype, Forward, HostInput, HostRemainder, Layout, Mask, Path, Shape, ShaderChecks, TensorRef};
 
 /// The paths `--paths all` runs, by command-line name. A new path is one more line here.
 const PATHS: &[(&str, Path)] = &[("subgroup", Path::Subgroup), ("shared", Path::SharedMemory), ("coop", Path::CooperativeMatrix)];
@@ -85,8 +85,9 @@ Options:
   --timer auto|timestamp|wall  GPU timestamps or submit-to-completion (default: auto)
   --check-t T                  sequence length of the correctness check, 0 = none (default: 200)
   --seed N                     seed of the input generator (default: 1)
-  --checks default|unchecked   wgpu runtime checks of the shaders (default: default);
-                                 unchecked = Attention::without_runtime_checks
+  --checks default|full|unchecked  wgpu runtime checks of the shaders (default: default,
+                                 index clamping; full adds loop bounding; unchecked =
+                                 Attention::without_runtime_checks)
   --json PATH                  write all results as JSON to PATH
   -h, --help                   this text
 ";
@@ -136,7 +137,7 @@ struct Options {
     timer: TimerChoice,
     check_t: u32,
     seed: u64,
-    unchecked: bool,
+    checks: ShaderChecks,
     json: Option<String>,
 }
 
@@ -296,10 +297,11 @@ fn parse_args(args: &[String]) -> Result<Parsed, String> {
         "wall" => TimerChoice::Wall,
         t => return Err(format!("--timer: `{t}` is not auto, timestamp or wall")),
     };
-    let unchecked = match flags.get("--checks").copied().unwrap_or("default") {
-        "default" => false,
-        "unchecked" => true,
-        c => return Err(format!("--checks: `{c}` is not default or unchecked")),
+    let checks = match flags.get("--checks").copied().unwrap_or("default") {
+        "default" => ShaderChecks::Bounds,
+        "full" => ShaderChecks::Full,
+        "unchecked" => ShaderChecks::Off,
+        c => return Err(format!("--checks: `{c}` is not default, full or unchecked")),
     };
     Ok(Parsed::Run(Box::new(Options {
         profile,
@@ -317,7 +319,7 @@ fn parse_args(args: &[String]) -> Result<Parsed, String> {
         timer,
         check_t: num("--check-t", 200, 0, 1 << 16)? as u32,
         seed: num("--seed", 1, 0, u64::MAX)?,
-        unchecked,
+        checks,
         json: flags.get("--json").map(|s| s.to_string()),
     })))
 }
@@ -943,7 +945,7 @@ fn run_header(attn: &Attention, o: &Options, args: &[String], stamps: bool) -> V
         ("sets", o.sets.to_string()),
         ("check_t", o.check_t.to_string()),
         ("seed", o.seed.to_string()),
-        ("checks", js(if o.unchecked { "unchecked" } else { "default" })),
+        ("checks", js(&format!("{:?}", o.checks))),
     ]);
     vec![
         ("tool", js("sbattn examples/bench.rs")),
@@ -959,11 +961,13 @@ fn run_header(attn: &Attention, o: &Options, args: &[String], stamps: bool) -> V
 
 fn run(o: &Options, args: &[String]) -> Result<(), String> {
     let mut attn = Attention::with_default_adapter_blocking().map_err(|e| e.to_string())?;
-    if o.unchecked {
+    attn = match o.checks {
+        ShaderChecks::Bounds => attn,
+        ShaderChecks::Full => attn.with_full_runtime_checks(),
         // SAFETY: the documented opt-in of `without_runtime_checks`; every call below goes
         // through the library's host-side validation.
-        attn = unsafe { attn.without_runtime_checks() };
-    }
+        ShaderChecks::Off => unsafe { attn.without_runtime_checks() },
+    };
     // Errors nothing else catches (device loss, a failed dispatch) are recorded against the
     // configuration in flight instead of aborting the sweep.
     let uncaptured: Arc<Mutex<Option<String>>> = Arc::default();

@@ -8,7 +8,9 @@
 # exceed one 10-minute call: split it over two):
 #   tests      the GPU test binaries (forward, invariants, errors, decode) on this GPU
 #   f16        ours, default sweep, every path, f16, random inputs, eps 0
-#   unchecked  ours at B4 H12 T4096/8192 D128, every path, f16, without wgpu runtime checks
+#   checks     ours at B4 H12 T4096/8192 D128, every path, f16, with all of wgpu's runtime
+#              checks (full) and with none (unchecked); the default keeps index clamping
+#   decode     examples/bench_decode and scripts/bench_decode.py (PyTorch decode step)
 #   f32        ours, default sweep, portable paths only (subgroup, shared), f32
 #   eps        ours at B4 H12 T4096 D128, every path, f16, eps 0 and $EPS, random and long-range
 #   torch      PyTorch baselines (SDPA bf16/f16/f32, eager stick-breaking bf16/f16)
@@ -54,13 +56,17 @@ step() { # step SECONDS NAME COMMAND...: runs with a limit, logs everything, nev
 } >> "$log"
 
 common=(--time-limit 3 --iters 10 --warmup 3)
-STEPS="${STEPS:-tests f16 unchecked f32 eps torch}"
+STEPS="${STEPS:-tests f16 checks f32 eps torch decode}"
 has() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 # shellcheck disable=SC2086
 has f16 && step 150 "ours f16" "$BENCH" --profile default --paths all --dtypes f16 "${common[@]}" $EXTRA --json "$OUT/ours-f16.json"
-# shellcheck disable=SC2086
-has unchecked && step 60 "ours f16 unchecked" "$BENCH" --shapes 4x12x4096x128,4x12x8192x128 --paths all --dtypes f16 \
-  --checks unchecked "${common[@]}" $EXTRA --json "$OUT/ours-unchecked.json"
+if has checks; then
+  for c in default unchecked full; do
+    # shellcheck disable=SC2086
+    step 60 "ours f16 checks=$c" "$BENCH" --shapes 4x12x4096x128,4x12x8192x128 --paths all --dtypes f16 \
+      --checks $c "${common[@]}" $EXTRA --json "$OUT/ours-$c.json"
+  done
+fi
 # shellcheck disable=SC2086
 has f32 && step 90 "ours f32" "$BENCH" --profile default --paths subgroup,shared --dtypes f32 "${common[@]}" $EXTRA --json "$OUT/ours-f32.json"
 # shellcheck disable=SC2086
@@ -68,6 +74,10 @@ has eps && step 60 "ours eps" "$BENCH" --shapes 4x12x4096x128 --paths all --dtyp
   "${common[@]}" $EXTRA --json "$OUT/ours-eps.json"
 # shellcheck disable=SC2086
 has torch && step 100 "torch baselines" "$PYTHON" scripts/torch_baselines.py "$OUT/torch.json" --time-limit 3 $TORCH_EXTRA
+if has decode; then
+  step 120 "ours decode" .device/bench_decode --json "$OUT/decode.json" --iters 30
+  step 120 "torch decode" "$PYTHON" scripts/bench_decode.py --json "$OUT/torch_decode.json" --iters 30
+fi
 if has tests; then
   # Correctness on this GPU, every path it has (the tensor-core path only runs here).
   step 120 "test forward" .device/test-forward --test-threads 8
@@ -76,7 +86,7 @@ if has tests; then
   grep -E "^test result|FAILED|panicked|^=== test" "$log" | head -30 > "$OUT/tests.txt"
 fi
 ours=()
-for f in f16 unchecked f32 eps; do [ -f "$OUT/ours-$f.json" ] && ours+=("$OUT/ours-$f.json"); done
+for f in f16 default full unchecked f32 eps; do [ -f "$OUT/ours-$f.json" ] && ours+=("$OUT/ours-$f.json"); done
 torch=()
 [ -f "$OUT/torch.json" ] && torch=(--torch "$OUT/torch.json")
 step 20 "report" "$PYTHON" scripts/report.py --ours "${ours[@]}" "${torch[@]}" --out "$OUT/report.md"

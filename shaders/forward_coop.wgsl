@@ -2,109 +2,167 @@
 // S = Q K^T and O += P V. f16 storage and operands; scores, the scan and O accumulate in f32.
 //
 // src/shader.rs prepends `enable f16; enable wgpu_cooperative_matrix;`, `alias ST = f16;` and
-//   const ND: u32;   head-dim blocks of 16 (padded head dim DP = 16 * ND, 1 <= ND <= 8)
-//   const BN: u32;   keys per tile (32 or 64)
+//   const ND: u32;   head-dim blocks of 16 (head dim D = 16 * ND, 1 <= ND <= 8)
+//   const BN: u32;   keys per tile (a multiple of 16)
 // then forward_io.wgsl (Params, bindings), and appends stick.wgsl (flag bits, log1p_small).
 //
-// Workgroup: 4 subgroups of 32 (the host only picks this path where every subgroup has 32
-// invocations). Subgroup s owns query rows 16s .. 16s+16 of the 64-row tile: their S blocks
-// (BN/16 of them per tile) and their O blocks (ND of them, f32 accumulators held all kernel).
+// The host picks this path only where subgroups are 32 wide, D is a multiple of 16 and the
+// offsets and token strides of k and v are multiples of 8 elements (16 bytes), so whole key
+// tiles load straight from global memory as matrix operands.
+//
+// Workgroup: 4 subgroups of 32. Subgroup g = lidx / 32 owns query rows 16g .. 16g+16 of the
+// 64-row tile: its Q blocks (ND A matrices, loaded once), its S blocks (BN/16 per key tile)
+// and its O blocks (ND f32 accumulators held for the whole walk).
 // Per key tile, from the diagonal down to tile 0:
-//   1. K tile -> kv_s (f16, zero beyond T and D)           all invocations
-//   2. S = Q K^T (scaled later) -> s_s (f32)                 coop, per subgroup
-//   3. V tile -> kv_s; each row's keys scanned right to left by TPR invocations, weights
-//      without the carry of the keys to their right -> s_s  all invocations
-//   4. weights times that carry -> p_s (f16); carry updated  all invocations
-//   5. O += P V                                              coop, per subgroup
+//   1. S = Q K^T -> s_s (f32). K from global memory, or from `stage` (zero beyond T) for the
+//      one tile that reaches past T.                                  coop, per subgroup
+//   2. Each row's keys scanned right to left by TPR invocations: weights without the stick
+//      used by the keys right of each invocation's run -> s_s.       all invocations
+//   3. Those weights times the stick left at the run's right edge -> p_s (f16); carry.
+//   4. O += P V, V like K.                                            coop, per subgroup
+// Every coop index and stride is a `let` of its own (a pattern known to translate well).
 
 const WG: u32 = 128u;
 const BM: u32 = 64u;             // query rows per tile
 const TPR: u32 = WG / BM;        // invocations per row in the scan (2)
 const KPT: u32 = BN / TPR;       // keys per invocation in the scan
-const DP: u32 = 16u * ND;        // padded head dim
-const XS: u32 = DP + 8u;         // row stride (halves) of q_s / kv_s: rows start in other banks
+const DP: u32 = 16u * ND;        // head dim
+const XS: u32 = DP + 8u;         // row stride (halves) of `stage`: 16-byte multiple, rows in other banks
 const SS: u32 = BN + 4u;         // row stride (f32) of s_s
 const PS: u32 = BN + 8u;         // row stride (halves) of p_s
 
-var<workgroup> q_s: array<f16, BM * XS>;     // [BM][DP] queries of the tile
-var<workgroup> kv_s: array<f16, BN * XS>;    // [BN][DP] keys, then values, of the key tile
-var<workgroup> s_s: array<f32, BM * SS>;     // [BM][BN] scores, then partial weights
+alias MA = coop_mat16x16<f16, A>;
+alias MB = coop_mat16x16<f16, B>;
+alias MC = coop_mat16x16<f32, C>;
+
+var<workgroup> s_s: array<f32, BM * SS>;     // [BM][BN] scores, then partial weights; epilogue
+var<workgroup> stage: array<f16, BM * XS>;   // [BM][DP] Q at the start; K or V of a tile past T
 var<workgroup> p_s: array<f16, BM * PS>;     // [BM][BN] weights (A operand of P V)
 var<workgroup> tot_s: array<f32, WG>;        // per-invocation sums of log(1 - beta)
 var<workgroup> carry_s: array<f32, BM>;      // final carry per row, for the epilogue
-var<workgroup> live_s: array<u32, BM>;      // early exit: row still has stick >= eps
+var<workgroup> live_s: array<u32, BM>;       // early exit: row still has stick >= eps
 var<workgroup> alive_s: u32;                 // early exit: some row of the tile has
 
-// Rows [t0, t0 + n) of a [.., D] tensor (row r at base + r * stride) into a [n][XS] f16 tile,
-// zero beyond T and beyond D.
-fn stage_q(base: u32, stride: u32, t0: u32, lidx: u32) {
-    for (var x = lidx; x < BM * DP; x += WG) {
+// Rows [t0, t0 + n) of q, k or v (row r at base + r * stride) into `stage`, zero past T.
+fn stage_rows(which: u32, base: u32, stride: u32, t0: u32, n: u32, lidx: u32) {
+    for (var x = lidx; x < n * DP; x += WG) {
         let r = x / DP;
         let d = x % DP;
+        let src = base + (t0 + r) * stride + d;
         var val = f16(0.0);
-        if (t0 + r < p.t && d < p.d) { val = q[base + (t0 + r) * stride + d]; }
-        q_s[r * XS + d] = val;
-    }
-}
-fn stage_k(base: u32, stride: u32, t0: u32, lidx: u32) {
-    for (var x = lidx; x < BN * DP; x += WG) {
-        let r = x / DP;
-        let d = x % DP;
-        var val = f16(0.0);
-        if (t0 + r < p.t && d < p.d) { val = k[base + (t0 + r) * stride + d]; }
-        kv_s[r * XS + d] = val;
-    }
-}
-fn stage_v(base: u32, stride: u32, t0: u32, lidx: u32) {
-    for (var x = lidx; x < BN * DP; x += WG) {
-        let r = x / DP;
-        let d = x % DP;
-        var val = f16(0.0);
-        if (t0 + r < p.t && d < p.d) { val = v[base + (t0 + r) * stride + d]; }
-        kv_s[r * XS + d] = val;
+        if (t0 + r < p.t) {
+            if (which == 0u) { val = q[src]; } else if (which == 1u) { val = k[src]; } else { val = v[src]; }
+        }
+        stage[r * XS + d] = val;
     }
 }
 
-// One 16 x 16 block of S: rows 16s.., keys 16kb.., summed over the head dim.
-fn score_block(s: u32, kb: u32) -> coop_mat16x16<f32, C> {
-    var acc: coop_mat16x16<f32, C>;
-    for (var db = 0u; db < ND; db++) {
-        let a = coopLoadT<coop_mat16x16<f16, A>>(&q_s[16u * s * XS + 16u * db], XS);
-        // B = K^T block: element (d, key) at kv_s[key * XS + d], i.e. column-major.
-        let b = coopLoad<coop_mat16x16<f16, B>>(&kv_s[16u * kb * XS + 16u * db], XS);
-        acc = coopMultiplyAdd(a, b, acc);
-    }
-    return acc;
+fn load_q(g: u32, db: u32) -> MA {
+    let i = 16u * g * XS + 16u * db;
+    let st = XS;
+    return coopLoadT<MA>(&stage[i], st);
 }
 
-// acc += P[rows 16s.., all BN keys] V[all BN keys, head-dim block db].
-fn pv_block(acc: coop_mat16x16<f32, C>, s: u32, db: u32) -> coop_mat16x16<f32, C> {
+// Matrix operands of a key tile come from global memory (`_g`) or, for the one tile that
+// reaches past T, from `stage` (`_s`). Two copies each, because cooperative operations need
+// uniform control flow and naga counts a function's parameters as non-uniform.
+
+// B = K^T block (head-dim block db, keys 16 kb ..): element (d, key) at row `key` of K, i.e.
+// column-major with the token stride.
+fn kt_g(kb0: u32, k0: u32, kb: u32, db: u32) -> MB {
+    let i = kb0 + (k0 + 16u * kb) * p.k_st + 16u * db;
+    let st = p.k_st;
+    return coopLoad<MB>(&k[i], st);
+}
+fn kt_s(kb: u32, db: u32) -> MB {
+    let i = 16u * kb * XS + 16u * db;
+    let st = XS;
+    return coopLoad<MB>(&stage[i], st);
+}
+
+// B = V block (keys 16 kb .., head-dim block db), row-major.
+fn v_g(vb0: u32, k0: u32, kb: u32, db: u32) -> MB {
+    let i = vb0 + (k0 + 16u * kb) * p.v_st + 16u * db;
+    let st = p.v_st;
+    return coopLoadT<MB>(&v[i], st);
+}
+fn v_s(kb: u32, db: u32) -> MB {
+    let i = 16u * kb * XS + 16u * db;
+    let st = XS;
+    return coopLoadT<MB>(&stage[i], st);
+}
+
+fn store_s(acc: MC, g: u32, kb: u32) {
+    let i = 16u * g * SS + 16u * kb;
+    let st = SS;
+    coopStoreT(acc, &s_s[i], st);
+}
+
+// One 16 x 16 block of S (this subgroup's rows, keys 16 kb ..) into s_s.
+fn score_g(q0: MA, q1: MA, q2: MA, q3: MA, q4: MA, q5: MA, q6: MA, q7: MA, g: u32, kb0: u32, k0: u32, kb: u32) {
+    var acc = MC();
+    acc = coopMultiplyAdd(q0, kt_g(kb0, k0, kb, 0u), acc);
+    if (ND > 1u) { acc = coopMultiplyAdd(q1, kt_g(kb0, k0, kb, 1u), acc); }
+    if (ND > 2u) { acc = coopMultiplyAdd(q2, kt_g(kb0, k0, kb, 2u), acc); }
+    if (ND > 3u) { acc = coopMultiplyAdd(q3, kt_g(kb0, k0, kb, 3u), acc); }
+    if (ND > 4u) { acc = coopMultiplyAdd(q4, kt_g(kb0, k0, kb, 4u), acc); }
+    if (ND > 5u) { acc = coopMultiplyAdd(q5, kt_g(kb0, k0, kb, 5u), acc); }
+    if (ND > 6u) { acc = coopMultiplyAdd(q6, kt_g(kb0, k0, kb, 6u), acc); }
+    if (ND > 7u) { acc = coopMultiplyAdd(q7, kt_g(kb0, k0, kb, 7u), acc); }
+    store_s(acc, g, kb);
+}
+fn score_s(q0: MA, q1: MA, q2: MA, q3: MA, q4: MA, q5: MA, q6: MA, q7: MA, g: u32, kb: u32) {
+    var acc = MC();
+    acc = coopMultiplyAdd(q0, kt_s(kb, 0u), acc);
+    if (ND > 1u) { acc = coopMultiplyAdd(q1, kt_s(kb, 1u), acc); }
+    if (ND > 2u) { acc = coopMultiplyAdd(q2, kt_s(kb, 2u), acc); }
+    if (ND > 3u) { acc = coopMultiplyAdd(q3, kt_s(kb, 3u), acc); }
+    if (ND > 4u) { acc = coopMultiplyAdd(q4, kt_s(kb, 4u), acc); }
+    if (ND > 5u) { acc = coopMultiplyAdd(q5, kt_s(kb, 5u), acc); }
+    if (ND > 6u) { acc = coopMultiplyAdd(q6, kt_s(kb, 6u), acc); }
+    if (ND > 7u) { acc = coopMultiplyAdd(q7, kt_s(kb, 7u), acc); }
+    store_s(acc, g, kb);
+}
+
+fn load_p(g: u32, kb: u32) -> MA {
+    let i = 16u * g * PS + 16u * kb;
+    let st = PS;
+    return coopLoadT<MA>(&p_s[i], st);
+}
+
+// acc += P[this subgroup's rows, all BN keys] V[all BN keys, head-dim block db].
+fn pv_g(acc: MC, g: u32, vb0: u32, k0: u32, db: u32) -> MC {
     var r = acc;
     for (var kb = 0u; kb < BN / 16u; kb++) {
-        let a = coopLoadT<coop_mat16x16<f16, A>>(&p_s[16u * s * PS + 16u * kb], PS);
-        let b = coopLoadT<coop_mat16x16<f16, B>>(&kv_s[16u * kb * XS + 16u * db], XS);
-        r = coopMultiplyAdd(a, b, r);
+        r = coopMultiplyAdd(load_p(g, kb), v_g(vb0, k0, kb, db), r);
+    }
+    return r;
+}
+fn pv_s(acc: MC, g: u32, db: u32) -> MC {
+    var r = acc;
+    for (var kb = 0u; kb < BN / 16u; kb++) {
+        r = coopMultiplyAdd(load_p(g, kb), v_s(kb, db), r);
     }
     return r;
 }
 
-// Writes O block (rows 16s.., head-dim block db) with the remainder term, via s_s.
-fn store_block(acc: coop_mat16x16<f32, C>, s: u32, db: u32, lane: u32, r0: u32, h: u32, ob: u32, vb: u32) {
+// Writes this subgroup's O block of head-dim block db, with the remainder term, via s_s.
+fn store_block(acc: MC, g: u32, db: u32, lane: u32, r0: u32, h: u32, ob: u32, vb0: u32) {
     workgroupBarrier();
-    coopStoreT(acc, &s_s[16u * s * SS], SS);
+    let i0 = 16u * g * SS;
+    let st = SS;
+    coopStoreT(acc, &s_s[i0], st);
     workgroupBarrier();
     let mode = (p.flags >> REM_SHIFT) & 3u;
-    // This subgroup's 32 invocations write its 16 x 16 block, 8 elements each.
     for (var e = lane; e < 256u; e += 32u) {
-        let rr = e / 16u;
-        let row = 16u * s + rr;
+        let row = 16u * g + e / 16u;
         let i = r0 + row;
         let d = 16u * db + e % 16u;
-        if (i < p.t && d < p.d) {
+        if (i < p.t) {
             var x = s_s[row * SS + e % 16u];
             let rem = exp(carry_s[row]);
             if (mode == REM_ADD_VALUE) {
-                x += rem * f32(v[vb + i * p.v_st + d]);
+                x += rem * f32(v[vb0 + i * p.v_st + d]);
             } else if (mode == REM_ADD_BIAS) {
                 x += rem * f32(bias[p.bias_off + h * p.d + d]);
             }
@@ -115,19 +173,19 @@ fn store_block(acc: coop_mat16x16<f32, C>, s: u32, db: u32, lane: u32, r0: u32, 
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
-        @builtin(local_invocation_index) lidx: u32,
-        @builtin(subgroup_id) sg: u32,
-        @builtin(subgroup_invocation_id) lane: u32) {
+        @builtin(local_invocation_index) lidx: u32) {
     let qt = p.n_qtiles - 1u - wid.x;
     let h = wid.y;
     let b = wid.z;
     let hk = h / p.group;
     let r0 = qt * BM;
     let ac = p.flags & FLAG_ATTEND_CURRENT;
-    let qb = p.q_off + b * p.q_sb + h * p.q_sh;
-    let kb = p.k_off + b * p.k_sb + hk * p.k_sh;
-    let vb = p.v_off + b * p.v_sb + hk * p.v_sh;
+    let qb0 = p.q_off + b * p.q_sb + h * p.q_sh;
+    let kb0 = p.k_off + b * p.k_sb + hk * p.k_sh;
+    let vb0 = p.v_off + b * p.v_sb + hk * p.v_sh;
     let ob = p.o_off + b * p.o_sb + h * p.o_sh;
+    let g = lidx / 32u;          // subgroup (rows 16g ..)
+    let lane = lidx % 32u;
 
     // Scan roles: row `row`, keys [part * KPT, (part + 1) * KPT) of each tile.
     let row = lidx / TPR;
@@ -135,12 +193,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let i = r0 + row;
     var carry = 0.0;
 
-    var o0: coop_mat16x16<f32, C>; var o1: coop_mat16x16<f32, C>;
-    var o2: coop_mat16x16<f32, C>; var o3: coop_mat16x16<f32, C>;
-    var o4: coop_mat16x16<f32, C>; var o5: coop_mat16x16<f32, C>;
-    var o6: coop_mat16x16<f32, C>; var o7: coop_mat16x16<f32, C>;
+    // Q blocks of this subgroup's rows, once (zero past T).
+    stage_rows(0u, qb0, p.q_st, r0, BM, lidx);
+    workgroupBarrier();
+    var q0 = load_q(g, 0u);
+    var q1 = q0; var q2 = q0; var q3 = q0; var q4 = q0; var q5 = q0; var q6 = q0; var q7 = q0;
+    if (ND > 1u) { q1 = load_q(g, 1u); }
+    if (ND > 2u) { q2 = load_q(g, 2u); }
+    if (ND > 3u) { q3 = load_q(g, 3u); }
+    if (ND > 4u) { q4 = load_q(g, 4u); }
+    if (ND > 5u) { q5 = load_q(g, 5u); }
+    if (ND > 6u) { q6 = load_q(g, 6u); }
+    if (ND > 7u) { q7 = load_q(g, 7u); }
 
-    stage_q(qb, p.q_st, r0, lidx);
+    var o0 = MC(); var o1 = MC(); var o2 = MC(); var o3 = MC();
+    var o4 = MC(); var o5 = MC(); var o6 = MC(); var o7 = MC();
 
     let n_keys = min(r0 + BM, p.t) + ac - 1u;
     var kt = (n_keys + BN - 1u) / BN;
@@ -149,25 +216,31 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         kt -= 1u;
         let k0 = kt * BN;
         let masked = k0 + BN > r0 + ac;
+        let staged = k0 + BN > p.t;         // only the tile reaching past T
 
-        workgroupBarrier();                 // previous tile's P V is done with kv_s, p_s
-        stage_k(kb, p.k_st, k0, lidx);
-        workgroupBarrier();
-        for (var j = 0u; j < BN / 16u; j++) {
-            coopStoreT(score_block(sg, j), &s_s[16u * sg * SS + 16u * j], SS);
+        workgroupBarrier();                 // `stage` (Q, or last tile's V) is free
+        if (staged) {
+            stage_rows(1u, kb0, p.k_st, k0, BN, lidx);
+            workgroupBarrier();
+        }
+        if (staged) {
+            for (var kb = 0u; kb < BN / 16u; kb++) { score_s(q0, q1, q2, q3, q4, q5, q6, q7, g, kb); }
+        } else {
+            for (var kb = 0u; kb < BN / 16u; kb++) { score_g(q0, q1, q2, q3, q4, q5, q6, q7, g, kb0, k0, kb); }
         }
         workgroupBarrier();                 // scores ready; K no longer needed
-        stage_v(vb, p.v_st, k0, lidx);
+        if (staged) {
+            stage_rows(2u, vb0, p.v_st, k0, BN, lidx);
+        }
 
-        // Scan this invocation's KPT keys right to left: weight without the carry of the
-        // keys right of the run (applied in step 4), and the run's sum of log(1 - beta).
+        // Scan this invocation's KPT keys right to left: each weight without the stick used
+        // by the keys right of the run (applied in step 3), and the run's sum of log(1 - beta).
         var run = 0.0;
         let c0 = part * KPT;
         for (var x = 0u; x < KPT; x++) {
             let c = c0 + KPT - 1u - x;
-            let j = k0 + c;
             let z = s_s[row * SS + c] * p.scale;
-            let vis = !masked || j < i + ac;
+            let vis = !masked || k0 + c < i + ac;
             let l = log1p_small(vec4<f32>(exp(-abs(z)))).x;
             let nl = select(0.0, -(max(z, 0.0) + l), vis);
             let lb = min(z, 0.0) - l;
@@ -176,8 +249,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         }
         tot_s[lidx] = run;
         workgroupBarrier();
-        // Keys right of this run: the runs of the higher parts of the row.
-        var right = 0.0;
+        var right = 0.0;                    // the runs of the higher parts of the row
         var total = 0.0;
         for (var x = 0u; x < TPR; x++) {
             let t = tot_s[row * TPR + x];
@@ -190,16 +262,27 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             p_s[row * PS + c] = f16(s_s[row * SS + c] * f);
         }
         carry += total;
-        workgroupBarrier();                 // P and V ready
+        workgroupBarrier();                 // P (and a staged V) ready
 
-        o0 = pv_block(o0, sg, 0u);
-        if (ND > 1u) { o1 = pv_block(o1, sg, 1u); }
-        if (ND > 2u) { o2 = pv_block(o2, sg, 2u); }
-        if (ND > 3u) { o3 = pv_block(o3, sg, 3u); }
-        if (ND > 4u) { o4 = pv_block(o4, sg, 4u); }
-        if (ND > 5u) { o5 = pv_block(o5, sg, 5u); }
-        if (ND > 6u) { o6 = pv_block(o6, sg, 6u); }
-        if (ND > 7u) { o7 = pv_block(o7, sg, 7u); }
+        if (staged) {
+            o0 = pv_s(o0, g, 0u);
+            if (ND > 1u) { o1 = pv_s(o1, g, 1u); }
+            if (ND > 2u) { o2 = pv_s(o2, g, 2u); }
+            if (ND > 3u) { o3 = pv_s(o3, g, 3u); }
+            if (ND > 4u) { o4 = pv_s(o4, g, 4u); }
+            if (ND > 5u) { o5 = pv_s(o5, g, 5u); }
+            if (ND > 6u) { o6 = pv_s(o6, g, 6u); }
+            if (ND > 7u) { o7 = pv_s(o7, g, 7u); }
+        } else {
+            o0 = pv_g(o0, g, vb0, k0, 0u);
+            if (ND > 1u) { o1 = pv_g(o1, g, vb0, k0, 1u); }
+            if (ND > 2u) { o2 = pv_g(o2, g, vb0, k0, 2u); }
+            if (ND > 3u) { o3 = pv_g(o3, g, vb0, k0, 3u); }
+            if (ND > 4u) { o4 = pv_g(o4, g, vb0, k0, 4u); }
+            if (ND > 5u) { o5 = pv_g(o5, g, vb0, k0, 5u); }
+            if (ND > 6u) { o6 = pv_g(o6, g, vb0, k0, 6u); }
+            if (ND > 7u) { o7 = pv_g(o7, g, vb0, k0, 7u); }
+        }
 
         if ((p.flags & FLAG_EARLY_EXIT) != 0u) {
             if (part == 0u) { live_s[row] = select(0u, 1u, i < p.t && carry >= p.log_eps); }
@@ -220,12 +303,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         if (((p.flags >> REM_SHIFT) & 3u) == REM_RETURN) { rem_out[p.rem_off + row_idx] = exp(carry); }
     }
     if (part == 0u) { carry_s[row] = carry; }
-    store_block(o0, sg, 0u, lane, r0, h, ob, vb);
-    if (ND > 1u) { store_block(o1, sg, 1u, lane, r0, h, ob, vb); }
-    if (ND > 2u) { store_block(o2, sg, 2u, lane, r0, h, ob, vb); }
-    if (ND > 3u) { store_block(o3, sg, 3u, lane, r0, h, ob, vb); }
-    if (ND > 4u) { store_block(o4, sg, 4u, lane, r0, h, ob, vb); }
-    if (ND > 5u) { store_block(o5, sg, 5u, lane, r0, h, ob, vb); }
-    if (ND > 6u) { store_block(o6, sg, 6u, lane, r0, h, ob, vb); }
-    if (ND > 7u) { store_block(o7, sg, 7u, lane, r0, h, ob, vb); }
+    store_block(o0, g, 0u, lane, r0, h, ob, vb0);
+    if (ND > 1u) { store_block(o1, g, 1u, lane, r0, h, ob, vb0); }
+    if (ND > 2u) { store_block(o2, g, 2u, lane, r0, h, ob, vb0); }
+    if (ND > 3u) { store_block(o3, g, 3u, lane, r0, h, ob, vb0); }
+    if (ND > 4u) { store_block(o4, g, 4u, lane, r0, h, ob, vb0); }
+    if (ND > 5u) { store_block(o5, g, 5u, lane, r0, h, ob, vb0); }
+    if (ND > 6u) { store_block(o6, g, 6u, lane, r0, h, ob, vb0); }
+    if (ND > 7u) { store_block(o7, g, 7u, lane, r0, h, ob, vb0); }
 }

@@ -93,6 +93,19 @@ impl<'a> Forward<'a> {
     }
 }
 
+/// Which of wgpu's runtime checks the kernels are compiled with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ShaderChecks {
+    /// Everything wgpu offers: index clamping and loop bounding.
+    Full,
+    /// Index clamping, no loop bounding (the default): every loop of the kernels has a trip
+    /// count bounded by the validated call, and loop bounding measurably slows their inner
+    /// loops on real GPUs (see BENCHMARKS.md).
+    Bounds,
+    /// Nothing (see [`Attention::without_runtime_checks`]).
+    Off,
+}
+
 /// Stick-breaking attention on one wgpu device: its capabilities, the kernels compiled so
 /// far, and the calls that record work into the caller's encoders.
 ///
@@ -108,8 +121,8 @@ pub struct Attention {
     /// bound writable and read-only in one dispatch).
     dummies: [wgpu::Buffer; 3],
     pipelines: Mutex<HashMap<Variant, Arc<wgpu::ComputePipeline>>>,
-    /// Shader modules are created without wgpu's runtime bounds checks.
-    unchecked: bool,
+    /// Runtime checks of the kernels compiled from now on.
+    checks: ShaderChecks,
 }
 
 /// Buffers bound where a call has no rem / log_rem / bias buffer (one each: a buffer may not
@@ -184,22 +197,35 @@ impl Attention {
             pipeline_layout,
             dummies,
             pipelines: Mutex::new(HashMap::new()),
-            unchecked: false,
+            checks: ShaderChecks::Bounds,
         }
     }
 
+    /// Compiles kernels from now on with every wgpu runtime check, loop bounding included
+    /// (the default keeps index clamping but not loop bounding; see [`ShaderChecks`]).
+    pub fn with_full_runtime_checks(mut self) -> Self {
+        self.checks = ShaderChecks::Full;
+        self.pipelines = Mutex::new(HashMap::new());
+        self
+    }
+
     /// Compiles kernels from now on without wgpu's runtime checks (no index clamping, no
-    /// loop bounding), which PERF-NOTES measured at up to 1.6x on an H200.
+    /// loop bounding).
     ///
     /// # Safety
     /// Sound only because every call is validated on the host (shapes, strides, offsets and
     /// buffer sizes, so that no global index can leave its binding) and every workgroup index
-    /// is in range by construction; the safe default keeps wgpu's checks as a second line of
-    /// defence. The tests run both. Pipelines compiled before this call keep their checks.
+    /// is in range by construction; the default keeps wgpu's index clamping as a second line
+    /// of defence. The tests run both.
     pub unsafe fn without_runtime_checks(mut self) -> Self {
-        self.unchecked = true;
+        self.checks = ShaderChecks::Off;
         self.pipelines = Mutex::new(HashMap::new());
         self
+    }
+
+    /// The runtime checks kernels are compiled with.
+    pub fn shader_checks(&self) -> ShaderChecks {
+        self.checks
     }
 
     /// Features and limits to request from `adapter` for the fastest paths it has: f16,
@@ -276,7 +302,7 @@ impl Attention {
     /// # Errors
     /// As [`config::choose`].
     pub fn plan(&self, dtype: Dtype, head_dim: u32, path: Path) -> Result<Variant> {
-        config::choose(&self.caps, dtype, head_dim, path)
+        config::choose(&self.caps, dtype, head_dim, path, true)
     }
 
     /// Compiles (once) and returns the pipeline of `variant`.
@@ -295,11 +321,19 @@ impl Attention {
             label: Some("sbattn forward"),
             source: wgpu::ShaderSource::Wgsl(source.into()),
         };
-        let module = if self.unchecked {
+        let module = match self.checks {
+            ShaderChecks::Full => self.device.create_shader_module(desc),
+            // SAFETY: every loop of the forward kernels ends: their trip counts are bounded by
+            // the validated call parameters (tiles of T, head-dim chunks, lanes), so wgpu's
+            // loop bounding guards nothing; index clamping stays on.
+            ShaderChecks::Bounds => unsafe {
+                let checks = wgpu::ShaderRuntimeChecks { force_loop_bounding: false, ..wgpu::ShaderRuntimeChecks::checked() };
+                self.device.create_shader_module_trusted(desc, checks)
+            },
             // SAFETY: see `without_runtime_checks`, whose caller opted in.
-            unsafe { self.device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
-        } else {
-            self.device.create_shader_module(desc)
+            ShaderChecks::Off => unsafe {
+                self.device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+            },
         };
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some("sbattn forward"),
@@ -358,7 +392,6 @@ impl Attention {
         if !(0.0..1.0).contains(&eps) {
             return Err(Error::InvalidParameter { name: "early_exit_eps", reason: format!("{eps} is not in [0, 1)") });
         }
-        let variant = self.plan(call.dtype, s.head_dim, call.path)?;
         let l = &self.caps.limits;
         let es = call.dtype.size();
         let axes = |t: &TensorRef<'_>, heads: u32| {
@@ -376,6 +409,11 @@ impl Attention {
         let k = tensor("k", &call.k, s.kv_heads, false)?;
         let v = tensor("v", &call.v, s.kv_heads, false)?;
         let o = tensor("o", &call.o, s.heads, true)?;
+        // The tensor-core kernel loads whole 16 x 16 blocks of k and v from memory: 16-byte
+        // aligned rows (bindings start 256-byte aligned, so element offsets and strides that
+        // are multiples of 8).
+        let aligned = |b: &Binding<'_>| b.offset % 8 == 0 && b.strides.iter().all(|x| x % 8 == 0);
+        let variant = config::choose(&self.caps, call.dtype, s.head_dim, call.path, aligned(&k) && aligned(&v))?;
         let rows = (s.batch as u64) * (s.heads as u64) * (s.seq_len as u64);
         let (mode, rem, log_rem, bias) =
             remainder_bindings(&call.remainder, call.log_rem.as_ref(), &self.dummies, rows, s.heads as u64 * d, es, l)?;

@@ -61,7 +61,7 @@ impl Capabilities {
         let listed = self.cooperative_matrices.iter().any(|c| {
             (c.m_size, c.n_size, c.k_size) == (16, 16, 16) && c.ab_type == S::F16 && c.cr_type == S::F32
         });
-        self.features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16)
+        self.features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16)
             && listed
             && self.adapter.subgroup_min_size == COOP_SUBGROUP
             && self.adapter.subgroup_max_size == COOP_SUBGROUP
@@ -95,8 +95,8 @@ impl TileConfig {
         match path {
             Path::CooperativeMatrix => {
                 let dp = self.head_block * self.head_chunks;
-                let xs = dp + 8;
-                (m + n) * xs * 2 + m * (n + 4) * 4 + m * (n + 8) * 2 + self.workgroup_size * 4 + m * 8 + 4
+                // s_s, stage, p_s, tot_s, carry_s + live_s, alive_s (forward_coop.wgsl)
+                m * (n + 4) * 4 + m * (dp + 8) * 2 + m * (n + 8) * 2 + self.workgroup_size * 4 + m * 8 + 4
             }
             _ => {
                 let g = self.lanes_per_row();
@@ -145,17 +145,26 @@ fn coop_tiles(head_dim: u32, block_n: u32) -> TileConfig {
     }
 }
 
+/// Keys per tile of the cooperative-matrix kernel.
+const COOP_BLOCK_N: u32 = 64;
+
 /// Chooses the variant for a call: the requested path if the device can run it (an error if
-/// it cannot), else the fastest it can.
+/// it cannot), else the fastest it can. `coop_layout` says whether the call's k and v suit the
+/// cooperative-matrix kernel's direct matrix loads (offsets and token strides multiples of 8
+/// elements); [`Attention::plan`](crate::Attention::plan) assumes they do.
 ///
 /// # Errors
 /// [`Error::Unsupported`] when the dtype or forced path needs a feature the device lacks, and
 /// [`Error::Limit`] when the device's workgroup limits are below what the kernel needs.
-pub fn choose(caps: &Capabilities, dtype: Dtype, head_dim: u32, requested: Path) -> Result<Variant> {
+pub fn choose(caps: &Capabilities, dtype: Dtype, head_dim: u32, requested: Path, coop_layout: bool) -> Result<Variant> {
     if dtype == Dtype::F16 && !caps.f16() {
         return Err(Error::Unsupported("f16 needs Features::SHADER_F16 on the device".into()));
     }
-    let coop_ok = dtype == Dtype::F16 && caps.cooperative_f16() && head_dim <= COOP_MAX_HEAD_DIM;
+    let coop_ok = dtype == Dtype::F16
+        && caps.cooperative_f16()
+        && head_dim <= COOP_MAX_HEAD_DIM
+        && head_dim % 16 == 0
+        && coop_layout;
     let path = match requested {
         Path::Auto if coop_ok => Path::CooperativeMatrix,
         Path::Auto if caps.subgroup_scan() => Path::Subgroup,
@@ -171,16 +180,17 @@ pub fn choose(caps: &Capabilities, dtype: Dtype, head_dim: u32, requested: Path)
         }
         Path::CooperativeMatrix if !coop_ok => {
             return Err(Error::Unsupported(format!(
-                "the cooperative-matrix path needs f16 data (got {dtype:?}), head dim <= {COOP_MAX_HEAD_DIM} \
-                 (got {head_dim}), Features::EXPERIMENTAL_COOPERATIVE_MATRIX with 16x16x16 f16 -> f32 listed by \
-                 the adapter, and subgroups of exactly {COOP_SUBGROUP} (this device: {})",
+                "the cooperative-matrix path needs f16 data (got {dtype:?}), a head dim that is a multiple of 16 \
+                 up to {COOP_MAX_HEAD_DIM} (got {head_dim}), k and v offsets and token strides that are multiples \
+                 of 8 elements (here: {coop_layout}), and Features::EXPERIMENTAL_COOPERATIVE_MATRIX with 16x16x16 \
+                 f16 -> f32 listed by the adapter and subgroups of exactly {COOP_SUBGROUP} (this device: {})",
                 caps.cooperative_f16()
             )))
         }
         p => p,
     };
     let tiles = match path {
-        Path::CooperativeMatrix => coop_tiles(head_dim, 32),
+        Path::CooperativeMatrix => coop_tiles(head_dim, COOP_BLOCK_N),
         _ => portable_tiles(head_dim),
     };
     let l = &caps.limits;
@@ -209,7 +219,7 @@ pub fn all_variants() -> Vec<Variant> {
         }
     }
     for blocks in 1..=COOP_MAX_HEAD_DIM / 16 {
-        out.push(Variant { dtype: Dtype::F16, path: Path::CooperativeMatrix, tiles: coop_tiles(blocks * 16, 32) });
+        out.push(Variant { dtype: Dtype::F16, path: Path::CooperativeMatrix, tiles: coop_tiles(blocks * 16, COOP_BLOCK_N) });
     }
     out
 }

@@ -33,7 +33,7 @@ pub mod shader;
 mod tensor;
 mod types;
 
-pub use attention::{Attention, Forward, Remainder};
+pub use attention::{Attention, Forward, Remainder, ShaderChecks};
 pub use config::{Capabilities, TileConfig, Variant};
 pub use decode::{Append, Decode, Decoder, KvCache, KvCacheDesc};
 pub use error::{Error, Result};

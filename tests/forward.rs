@@ -186,18 +186,22 @@ fn explicit_scales() {
     }
 }
 
-/// The same kernels compiled without wgpu's runtime checks (`without_runtime_checks`) give
-/// the same results: the host-side validation is what keeps them in bounds.
+/// The same kernels compiled with all of wgpu's runtime checks, and with none
+/// (`without_runtime_checks`), give the same results: the host-side validation is what keeps
+/// them in bounds. (Every other test runs the default, index clamping without loop bounding.)
 #[test]
-fn unchecked_modules() {
+fn runtime_check_levels() {
     if common::attention().is_none() {
         return;
     }
+    let base = || Attention::with_default_adapter_blocking().unwrap();
     // SAFETY: the documented opt-in; every call is validated by the library.
-    let attn = unsafe { Attention::with_default_adapter_blocking().unwrap().without_runtime_checks() };
-    for (i, (t, d, dtype)) in [(65, 50, Dtype::F32), (130, 128, Dtype::F16), (33, 256, Dtype::F16)].into_iter().enumerate() {
-        let shape = Shape::new(2, t, 4, d).with_kv_heads(2);
-        let case = Case { shape, layout: Layout::Bhtd, dtype, mask: Mask::Strict, rem: (i % 4) as u8, scale: None };
-        run_case_on(&attn, case, 900 + i as u64);
+    let unchecked = unsafe { base().without_runtime_checks() };
+    for (attn, cases) in [(base().with_full_runtime_checks(), [(65u32, 48u32, Dtype::F32), (33, 64, Dtype::F16)]), (unchecked, [(130, 128, Dtype::F16), (33, 256, Dtype::F32)])] {
+        for (i, (t, d, dtype)) in cases.into_iter().enumerate() {
+            let shape = Shape::new(2, t, 4, d).with_kv_heads(2);
+            let case = Case { shape, layout: Layout::Bhtd, dtype, mask: Mask::Strict, rem: (i % 4) as u8, scale: None };
+            run_case_on(&attn, case, 900 + i as u64);
+        }
     }
 }
