@@ -4,6 +4,8 @@
 // src/shader.rs prepends `enable f16; enable wgpu_cooperative_matrix;`, `alias ST = f16;` and
 //   const ND: u32;   head-dim blocks of 16 (head dim D = 16 * ND, 1 <= ND <= 8)
 //   const BN: u32;   keys per tile (a multiple of 16)
+//   const SKIP: u32; profiling only (0 in real use): bit 0 skips S = Q K^T, bit 1 the scan,
+//                    bit 2 O += P V; timing such variants shows where the time goes
 // then forward_io.wgsl (Params, bindings), and appends stick.wgsl (flag bits, log1p_small).
 //
 // The host picks this path only where subgroups are 32 wide, D is a multiple of 16 and the
@@ -35,13 +37,16 @@ alias MA = coop_mat16x16<f16, A>;
 alias MB = coop_mat16x16<f16, B>;
 alias MC = coop_mat16x16<f32, C>;
 
+// Cooperative loads and stores need 16-byte aligned addresses. WGSL cannot align a workgroup
+// variable, and drivers place them in their own order, so every workgroup variable here is a
+// multiple of 16 bytes long: wherever each lands, all stay 16-byte aligned.
 var<workgroup> s_s: array<f32, BM * SS>;     // [BM][BN] scores, then partial weights; epilogue
 var<workgroup> stage: array<f16, BM * XS>;   // [BM][DP] Q at the start; K or V of a tile past T
 var<workgroup> p_s: array<f16, BM * PS>;     // [BM][BN] weights (A operand of P V)
 var<workgroup> tot_s: array<f32, WG>;        // per-invocation sums of log(1 - beta)
 var<workgroup> carry_s: array<f32, BM>;      // final carry per row, for the epilogue
 var<workgroup> live_s: array<u32, BM>;       // early exit: row still has stick >= eps
-var<workgroup> alive_s: u32;                 // early exit: some row of the tile has
+var<workgroup> alive_s: array<u32, 4>;       // early exit: [0] some row of the tile has
 
 // Rows [t0, t0 + n) of q, k or v (row r at base + r * stride) into `stage`, zero past T.
 fn stage_rows(which: u32, base: u32, stride: u32, t0: u32, n: u32, lidx: u32) {
@@ -130,18 +135,24 @@ fn load_p(g: u32, kb: u32) -> MA {
     return coopLoadT<MA>(&p_s[i], st);
 }
 
-// acc += P[this subgroup's rows, all BN keys] V[all BN keys, head-dim block db].
-fn pv_g(acc: MC, g: u32, vb0: u32, k0: u32, db: u32) -> MC {
-    var r = acc;
-    for (var kb = 0u; kb < BN / 16u; kb++) {
-        r = coopMultiplyAdd(load_p(g, kb), v_g(vb0, k0, kb, db), r);
+// acc += P[this subgroup's rows, all BN keys] V[all BN keys, head-dim block db]; the P
+// blocks p0..p3 (keys 16 kb ..) are loaded once per tile by the caller (p2, p3 unused when
+// BN = 32).
+fn pv_g(acc: MC, p0: MA, p1: MA, p2: MA, p3: MA, vb0: u32, k0: u32, db: u32) -> MC {
+    var r = coopMultiplyAdd(p0, v_g(vb0, k0, 0u, db), acc);
+    r = coopMultiplyAdd(p1, v_g(vb0, k0, 1u, db), r);
+    if (BN > 32u) {
+        r = coopMultiplyAdd(p2, v_g(vb0, k0, 2u, db), r);
+        r = coopMultiplyAdd(p3, v_g(vb0, k0, 3u, db), r);
     }
     return r;
 }
-fn pv_s(acc: MC, g: u32, db: u32) -> MC {
-    var r = acc;
-    for (var kb = 0u; kb < BN / 16u; kb++) {
-        r = coopMultiplyAdd(load_p(g, kb), v_s(kb, db), r);
+fn pv_s(acc: MC, p0: MA, p1: MA, p2: MA, p3: MA, db: u32) -> MC {
+    var r = coopMultiplyAdd(p0, v_s(0u, db), acc);
+    r = coopMultiplyAdd(p1, v_s(1u, db), r);
+    if (BN > 32u) {
+        r = coopMultiplyAdd(p2, v_s(2u, db), r);
+        r = coopMultiplyAdd(p3, v_s(3u, db), r);
     }
     return r;
 }
@@ -223,7 +234,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             stage_rows(1u, kb0, p.k_st, k0, BN, lidx);
             workgroupBarrier();
         }
-        if (staged) {
+        if ((SKIP & 1u) != 0u) {
+        } else if (staged) {
             for (var kb = 0u; kb < BN / 16u; kb++) { score_s(q0, q1, q2, q3, q4, q5, q6, q7, g, kb); }
         } else {
             for (var kb = 0u; kb < BN / 16u; kb++) { score_g(q0, q1, q2, q3, q4, q5, q6, q7, g, kb0, k0, kb); }
@@ -237,7 +249,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         // by the keys right of the run (applied in step 3), and the run's sum of log(1 - beta).
         var run = 0.0;
         let c0 = part * KPT;
-        for (var x = 0u; x < KPT; x++) {
+        for (var x = 0u; x < select(KPT, 0u, (SKIP & 2u) != 0u); x++) {
             let c = c0 + KPT - 1u - x;
             let z = s_s[row * SS + c] * p.scale;
             let vis = !masked || k0 + c < i + ac;
@@ -264,24 +276,33 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         carry += total;
         workgroupBarrier();                 // P (and a staged V) ready
 
-        if (staged) {
-            o0 = pv_s(o0, g, 0u);
-            if (ND > 1u) { o1 = pv_s(o1, g, 1u); }
-            if (ND > 2u) { o2 = pv_s(o2, g, 2u); }
-            if (ND > 3u) { o3 = pv_s(o3, g, 3u); }
-            if (ND > 4u) { o4 = pv_s(o4, g, 4u); }
-            if (ND > 5u) { o5 = pv_s(o5, g, 5u); }
-            if (ND > 6u) { o6 = pv_s(o6, g, 6u); }
-            if (ND > 7u) { o7 = pv_s(o7, g, 7u); }
+        let pa0 = load_p(g, 0u);
+        let pa1 = load_p(g, 1u);
+        var pa2 = pa0;
+        var pa3 = pa0;
+        if (BN > 32u) {
+            pa2 = load_p(g, 2u);
+            pa3 = load_p(g, 3u);
+        }
+        if ((SKIP & 4u) != 0u) {
+        } else if (staged) {
+            o0 = pv_s(o0, pa0, pa1, pa2, pa3, 0u);
+            if (ND > 1u) { o1 = pv_s(o1, pa0, pa1, pa2, pa3, 1u); }
+            if (ND > 2u) { o2 = pv_s(o2, pa0, pa1, pa2, pa3, 2u); }
+            if (ND > 3u) { o3 = pv_s(o3, pa0, pa1, pa2, pa3, 3u); }
+            if (ND > 4u) { o4 = pv_s(o4, pa0, pa1, pa2, pa3, 4u); }
+            if (ND > 5u) { o5 = pv_s(o5, pa0, pa1, pa2, pa3, 5u); }
+            if (ND > 6u) { o6 = pv_s(o6, pa0, pa1, pa2, pa3, 6u); }
+            if (ND > 7u) { o7 = pv_s(o7, pa0, pa1, pa2, pa3, 7u); }
         } else {
-            o0 = pv_g(o0, g, vb0, k0, 0u);
-            if (ND > 1u) { o1 = pv_g(o1, g, vb0, k0, 1u); }
-            if (ND > 2u) { o2 = pv_g(o2, g, vb0, k0, 2u); }
-            if (ND > 3u) { o3 = pv_g(o3, g, vb0, k0, 3u); }
-            if (ND > 4u) { o4 = pv_g(o4, g, vb0, k0, 4u); }
-            if (ND > 5u) { o5 = pv_g(o5, g, vb0, k0, 5u); }
-            if (ND > 6u) { o6 = pv_g(o6, g, vb0, k0, 6u); }
-            if (ND > 7u) { o7 = pv_g(o7, g, vb0, k0, 7u); }
+            o0 = pv_g(o0, pa0, pa1, pa2, pa3, vb0, k0, 0u);
+            if (ND > 1u) { o1 = pv_g(o1, pa0, pa1, pa2, pa3, vb0, k0, 1u); }
+            if (ND > 2u) { o2 = pv_g(o2, pa0, pa1, pa2, pa3, vb0, k0, 2u); }
+            if (ND > 3u) { o3 = pv_g(o3, pa0, pa1, pa2, pa3, vb0, k0, 3u); }
+            if (ND > 4u) { o4 = pv_g(o4, pa0, pa1, pa2, pa3, vb0, k0, 4u); }
+            if (ND > 5u) { o5 = pv_g(o5, pa0, pa1, pa2, pa3, vb0, k0, 5u); }
+            if (ND > 6u) { o6 = pv_g(o6, pa0, pa1, pa2, pa3, vb0, k0, 6u); }
+            if (ND > 7u) { o7 = pv_g(o7, pa0, pa1, pa2, pa3, vb0, k0, 7u); }
         }
 
         if ((p.flags & FLAG_EARLY_EXIT) != 0u) {
@@ -290,9 +311,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             if (lidx == 0u) {
                 var any = 0u;
                 for (var r = 0u; r < BM; r++) { any |= live_s[r]; }
-                alive_s = any;
+                alive_s[0] = any;
             }
-            if (workgroupUniformLoad(&alive_s) == 0u) { break; }
+            if (workgroupUniformLoad(&alive_s[0]) == 0u) { break; }
         }
     }
 

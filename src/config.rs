@@ -96,7 +96,7 @@ impl TileConfig {
             Path::CooperativeMatrix => {
                 let dp = self.head_block * self.head_chunks;
                 // s_s, stage, p_s, tot_s, carry_s + live_s, alive_s (forward_coop.wgsl)
-                m * (n + 4) * 4 + m * (dp + 8) * 2 + m * (n + 8) * 2 + self.workgroup_size * 4 + m * 8 + 4
+                m * (n + 4) * 4 + m * (dp + 8) * 2 + m * (n + 8) * 2 + self.workgroup_size * 4 + m * 8 + 16
             }
             _ => {
                 let g = self.lanes_per_row();
@@ -119,6 +119,19 @@ pub struct Variant {
     pub path: Path,
     /// Tile sizes.
     pub tiles: TileConfig,
+    /// Profiling only: stages the kernel skips (bit 0 the score product, bit 1 the scan, bit
+    /// 2 the value product), giving wrong results on purpose so that timing each variant
+    /// shows where the time goes. Set from `SBATTN_PROFILE_SKIP`; 0 otherwise.
+    #[doc(hidden)]
+    pub profile_skip: u32,
+}
+
+/// A numeric environment variable (native only; profiling and tuning experiments).
+fn env_u32(name: &str) -> Option<u32> {
+    if cfg!(target_arch = "wasm32") {
+        return None;
+    }
+    std::env::var(name).ok()?.parse().ok()
 }
 
 /// Portable tiles: 32 rows x 32 keys, head dim in chunks of 32.
@@ -190,7 +203,10 @@ pub fn choose(caps: &Capabilities, dtype: Dtype, head_dim: u32, requested: Path,
         p => p,
     };
     let tiles = match path {
-        Path::CooperativeMatrix => coop_tiles(head_dim, COOP_BLOCK_N),
+        // SBATTN_COOP_BLOCK_N (32 or 64) overrides the key tile, for tuning runs.
+        Path::CooperativeMatrix => {
+            coop_tiles(head_dim, env_u32("SBATTN_COOP_BLOCK_N").filter(|n| [32, 64].contains(n)).unwrap_or(COOP_BLOCK_N))
+        }
         _ => portable_tiles(head_dim),
     };
     let l = &caps.limits;
@@ -204,7 +220,7 @@ pub fn choose(caps: &Capabilities, dtype: Dtype, head_dim: u32, requested: Path,
             return Err(Error::Limit { what, value: value as u64, limit: limit as u64 });
         }
     }
-    Ok(Variant { dtype, path, tiles })
+    Ok(Variant { dtype, path, tiles, profile_skip: env_u32("SBATTN_PROFILE_SKIP").unwrap_or(0) })
 }
 
 /// Every forward variant the crate can build, for offline validation.
@@ -214,12 +230,15 @@ pub fn all_variants() -> Vec<Variant> {
         for path in [Path::Subgroup, Path::SharedMemory] {
             let chunk = portable_tiles(1).head_block;
             for chunks in 1..=crate::MAX_HEAD_DIM.div_ceil(chunk) {
-                out.push(Variant { dtype, path, tiles: portable_tiles(chunks * chunk) });
+                out.push(Variant { dtype, path, tiles: portable_tiles(chunks * chunk), profile_skip: 0 });
             }
         }
     }
     for blocks in 1..=COOP_MAX_HEAD_DIM / 16 {
-        out.push(Variant { dtype: Dtype::F16, path: Path::CooperativeMatrix, tiles: coop_tiles(blocks * 16, COOP_BLOCK_N) });
+        for block_n in [32, COOP_BLOCK_N] {
+            let tiles = coop_tiles(blocks * 16, block_n);
+            out.push(Variant { dtype: Dtype::F16, path: Path::CooperativeMatrix, tiles, profile_skip: 0 });
+        }
     }
     out
 }

@@ -40,7 +40,10 @@ impl Target {
 pub fn forward_source(variant: &Variant, target: Target) -> String {
     let t = &variant.tiles;
     let (consts, parts) = match variant.path {
-        Path::CooperativeMatrix => (vec![("ND", t.head_chunks), ("BN", t.block_n)], [FORWARD_IO, FORWARD_COOP, STICK, ""]),
+        Path::CooperativeMatrix => (
+            vec![("ND", t.head_chunks), ("BN", t.block_n), ("SKIP", variant.profile_skip)],
+            [FORWARD_IO, FORWARD_COOP, STICK, ""],
+        ),
         path => {
             let scan = if path == Path::Subgroup { SCAN_SUBGROUP } else { SCAN_SHARED };
             (vec![("G", t.lanes_per_row()), ("M", t.head_chunks)], [FORWARD_IO, FORWARD, STICK, scan])
