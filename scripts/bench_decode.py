@@ -90,6 +90,26 @@ def main():
     else:
         batches, lens, heads, kv_heads, head_dim = [1, 8, 32], [4096, 32768, 131072], 32, 8, 128
     esize = torch.tensor([], dtype=dtype).element_size()
+    copy = None
+    if cuda:  # the bandwidth roofline of the same run: a 1 GiB device-to-device copy
+        x = torch.empty(1 << 29, device=device, dtype=torch.float16)
+        y = torch.empty_like(x)
+        for _ in range(3):
+            y.copy_(x)
+        ts = []
+        for _ in range(20):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            y.copy_(x)
+            end.record()
+            torch.cuda.synchronize()
+            ts.append(start.elapsed_time(end))
+        med = statistics.median(ts)
+        copy = {"bytes": 1 << 30, "median_ms": med, "min_ms": min(ts),
+                "gbps_read_plus_write": 2 * (1 << 30) / (med * 1e-3) / 1e9}
+        print(f"torch copy: {copy['gbps_read_plus_write']:.0f} GB/s (read + write)")
+        x = y = None
+        torch.cuda.empty_cache()
     results = []
     print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}, torch {torch.__version__}, {args.dtype}")
     print(f"{'B':>3} {'L':>7} {'median ms':>10} {'min ms':>10} {'GB/s':>9}")
@@ -136,7 +156,7 @@ def main():
         meta = {"bench": "pytorch eager stick-breaking decode step", "device": device,
                 "gpu": torch.cuda.get_device_name() if cuda else None, "torch": torch.__version__,
                 "dtype": args.dtype, "timing": "cuda events per step" if cuda else "perf_counter",
-                "iters": args.iters, "results": results}
+                "iters": args.iters, "copy": copy, "results": results}
         with open(args.json, "w") as f:
             json.dump(meta, f, indent=2)
         print(f"wrote {args.json}")

@@ -15,7 +15,7 @@
 #   eps        ours at B4 H12 T4096 D128, every path, f16, eps 0 and $EPS, random and long-range
 #   torch      PyTorch baselines (SDPA bf16/f16/f32, eager stick-breaking bf16/f16)
 # then scripts/report.py: the markdown table for BENCHMARKS.md, printed last.
-# Files under $OUT (at most 8 come back): ours-*.json torch.json tests.txt report.md
+# Files under $OUT (at most 8 come back): ours-*.json torch.json decode.json torch_decode.json report.md
 # device-bench.log.
 # Environment: OUT (default /tmp/sbattn-bench), EPS (default 1e-3), PYTHON (default python3),
 # BENCH (default .device/bench), EXTRA (more options for every bench call, e.g. "--iters 20"; a
@@ -83,7 +83,7 @@ if has tests; then
   step 120 "test forward" .device/test-forward --test-threads 8
   step 60 "test invariants" .device/test-invariants --test-threads 8
   step 60 "test decode" .device/test-decode --test-threads 8
-  grep -E "^test result|FAILED|panicked|^=== test" "$log" | head -30 > "$OUT/tests.txt"
+  step 60 "quickstart" .device/quickstart
 fi
 ours=()
 for f in f16 default full unchecked f32 eps; do [ -f "$OUT/ours-$f.json" ] && ours+=("$OUT/ours-$f.json"); done

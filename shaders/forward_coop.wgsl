@@ -103,30 +103,26 @@ fn store_s(acc: MC, g: u32, kb: u32) {
     coopStoreT(acc, &s_s[i], st);
 }
 
-// One 16 x 16 block of S (this subgroup's rows, keys 16 kb ..) into s_s.
-fn score_g(q0: MA, q1: MA, q2: MA, q3: MA, q4: MA, q5: MA, q6: MA, q7: MA, g: u32, kb0: u32, k0: u32, kb: u32) {
-    var acc = MC();
-    acc = coopMultiplyAdd(q0, kt_g(kb0, k0, kb, 0u), acc);
-    if (ND > 1u) { acc = coopMultiplyAdd(q1, kt_g(kb0, k0, kb, 1u), acc); }
-    if (ND > 2u) { acc = coopMultiplyAdd(q2, kt_g(kb0, k0, kb, 2u), acc); }
-    if (ND > 3u) { acc = coopMultiplyAdd(q3, kt_g(kb0, k0, kb, 3u), acc); }
-    if (ND > 4u) { acc = coopMultiplyAdd(q4, kt_g(kb0, k0, kb, 4u), acc); }
-    if (ND > 5u) { acc = coopMultiplyAdd(q5, kt_g(kb0, k0, kb, 5u), acc); }
-    if (ND > 6u) { acc = coopMultiplyAdd(q6, kt_g(kb0, k0, kb, 6u), acc); }
-    if (ND > 7u) { acc = coopMultiplyAdd(q7, kt_g(kb0, k0, kb, 7u), acc); }
-    store_s(acc, g, kb);
+// S for this subgroup's rows and the tile's BN keys, accumulated in BN/16 independent
+// blocks (s2, s3 unused when BN = 32) so the matrix units overlap them: one head-dim block
+// db (this subgroup's Q block q) at a time, K from global memory (_g) or `stage` (_s).
+fn score_g(q: MA, db: u32, kb0: u32, k0: u32, s0: ptr<function, MC>, s1: ptr<function, MC>,
+           s2: ptr<function, MC>, s3: ptr<function, MC>) {
+    *s0 = coopMultiplyAdd(q, kt_g(kb0, k0, 0u, db), *s0);
+    *s1 = coopMultiplyAdd(q, kt_g(kb0, k0, 1u, db), *s1);
+    if (BN > 32u) {
+        *s2 = coopMultiplyAdd(q, kt_g(kb0, k0, 2u, db), *s2);
+        *s3 = coopMultiplyAdd(q, kt_g(kb0, k0, 3u, db), *s3);
+    }
 }
-fn score_s(q0: MA, q1: MA, q2: MA, q3: MA, q4: MA, q5: MA, q6: MA, q7: MA, g: u32, kb: u32) {
-    var acc = MC();
-    acc = coopMultiplyAdd(q0, kt_s(kb, 0u), acc);
-    if (ND > 1u) { acc = coopMultiplyAdd(q1, kt_s(kb, 1u), acc); }
-    if (ND > 2u) { acc = coopMultiplyAdd(q2, kt_s(kb, 2u), acc); }
-    if (ND > 3u) { acc = coopMultiplyAdd(q3, kt_s(kb, 3u), acc); }
-    if (ND > 4u) { acc = coopMultiplyAdd(q4, kt_s(kb, 4u), acc); }
-    if (ND > 5u) { acc = coopMultiplyAdd(q5, kt_s(kb, 5u), acc); }
-    if (ND > 6u) { acc = coopMultiplyAdd(q6, kt_s(kb, 6u), acc); }
-    if (ND > 7u) { acc = coopMultiplyAdd(q7, kt_s(kb, 7u), acc); }
-    store_s(acc, g, kb);
+fn score_s(q: MA, db: u32, s0: ptr<function, MC>, s1: ptr<function, MC>, s2: ptr<function, MC>,
+           s3: ptr<function, MC>) {
+    *s0 = coopMultiplyAdd(q, kt_s(0u, db), *s0);
+    *s1 = coopMultiplyAdd(q, kt_s(1u, db), *s1);
+    if (BN > 32u) {
+        *s2 = coopMultiplyAdd(q, kt_s(2u, db), *s2);
+        *s3 = coopMultiplyAdd(q, kt_s(3u, db), *s3);
+    }
 }
 
 fn load_p(g: u32, kb: u32) -> MA {
@@ -234,30 +230,63 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             stage_rows(1u, kb0, p.k_st, k0, BN, lidx);
             workgroupBarrier();
         }
-        if ((SKIP & 1u) != 0u) {
-        } else if (staged) {
-            for (var kb = 0u; kb < BN / 16u; kb++) { score_s(q0, q1, q2, q3, q4, q5, q6, q7, g, kb); }
-        } else {
-            for (var kb = 0u; kb < BN / 16u; kb++) { score_g(q0, q1, q2, q3, q4, q5, q6, q7, g, kb0, k0, kb); }
+        if ((SKIP & 1u) == 0u) {
+            var s0 = MC(); var s1 = MC(); var s2 = MC(); var s3 = MC();
+            if (staged) {
+                score_s(q0, 0u, &s0, &s1, &s2, &s3);
+                if (ND > 1u) { score_s(q1, 1u, &s0, &s1, &s2, &s3); }
+                if (ND > 2u) { score_s(q2, 2u, &s0, &s1, &s2, &s3); }
+                if (ND > 3u) { score_s(q3, 3u, &s0, &s1, &s2, &s3); }
+                if (ND > 4u) { score_s(q4, 4u, &s0, &s1, &s2, &s3); }
+                if (ND > 5u) { score_s(q5, 5u, &s0, &s1, &s2, &s3); }
+                if (ND > 6u) { score_s(q6, 6u, &s0, &s1, &s2, &s3); }
+                if (ND > 7u) { score_s(q7, 7u, &s0, &s1, &s2, &s3); }
+            } else {
+                score_g(q0, 0u, kb0, k0, &s0, &s1, &s2, &s3);
+                if (ND > 1u) { score_g(q1, 1u, kb0, k0, &s0, &s1, &s2, &s3); }
+                if (ND > 2u) { score_g(q2, 2u, kb0, k0, &s0, &s1, &s2, &s3); }
+                if (ND > 3u) { score_g(q3, 3u, kb0, k0, &s0, &s1, &s2, &s3); }
+                if (ND > 4u) { score_g(q4, 4u, kb0, k0, &s0, &s1, &s2, &s3); }
+                if (ND > 5u) { score_g(q5, 5u, kb0, k0, &s0, &s1, &s2, &s3); }
+                if (ND > 6u) { score_g(q6, 6u, kb0, k0, &s0, &s1, &s2, &s3); }
+                if (ND > 7u) { score_g(q7, 7u, kb0, k0, &s0, &s1, &s2, &s3); }
+            }
+            store_s(s0, g, 0u);
+            store_s(s1, g, 1u);
+            if (BN > 32u) {
+                store_s(s2, g, 2u);
+                store_s(s3, g, 3u);
+            }
         }
         workgroupBarrier();                 // scores ready; K no longer needed
         if (staged) {
             stage_rows(2u, vb0, p.v_st, k0, BN, lidx);
         }
 
-        // Scan this invocation's KPT keys right to left: each weight without the stick used
-        // by the keys right of the run (applied in step 3), and the run's sum of log(1 - beta).
+        // Scan this invocation's KPT keys right to left, four at a time: each weight without
+        // the stick used by the keys right of the run (applied in step 3), and the run's sum
+        // of log(1 - beta).
         var run = 0.0;
         let c0 = part * KPT;
-        for (var x = 0u; x < select(KPT, 0u, (SKIP & 2u) != 0u); x++) {
-            let c = c0 + KPT - 1u - x;
-            let z = s_s[row * SS + c] * p.scale;
-            let vis = !masked || k0 + c < i + ac;
-            let l = log1p_small(vec4<f32>(exp(-abs(z)))).x;
-            let nl = select(0.0, -(max(z, 0.0) + l), vis);
-            let lb = min(z, 0.0) - l;
-            s_s[row * SS + c] = select(0.0, exp(lb + run), vis);
-            run += nl;
+        for (var x = 0u; x < select(KPT / 4u, 0u, (SKIP & 2u) != 0u); x++) {
+            let c = c0 + KPT - 4u - 4u * x;           // keys c .. c+3
+            let a = row * SS + c;
+            let z = vec4<f32>(s_s[a], s_s[a + 1u], s_s[a + 2u], s_s[a + 3u]) * p.scale;
+            var vis = vec4<bool>(true);
+            if (masked) {
+                vis = vec4<u32>(k0 + c) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(i + ac);
+            }
+            let l = log1p_small(exp(-abs(z)));
+            let nl = select(vec4<f32>(0.0), -(max(z, vec4<f32>(0.0)) + l), vis);
+            let lb = min(z, vec4<f32>(0.0)) - l;
+            // Exclusive suffix sums of nl within the four, plus the run to their right.
+            let ex = vec4<f32>(nl.y + nl.z + nl.w, nl.z + nl.w, nl.w, 0.0) + vec4<f32>(run);
+            let w = select(vec4<f32>(0.0), exp(lb + ex), vis);
+            s_s[a] = w.x;
+            s_s[a + 1u] = w.y;
+            s_s[a + 2u] = w.z;
+            s_s[a + 3u] = w.w;
+            run += (nl.x + nl.y) + (nl.z + nl.w);
         }
         tot_s[lidx] = run;
         workgroupBarrier();
@@ -269,9 +298,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             if (x > part) { right += t; }
         }
         let f = exp(carry + right);
-        for (var x = 0u; x < KPT; x++) {
-            let c = c0 + x;
-            p_s[row * PS + c] = f16(s_s[row * SS + c] * f);
+        for (var x = 0u; x < KPT / 4u; x++) {
+            let a = row * SS + c0 + 4u * x;
+            let w = vec4<f16>(vec4<f32>(s_s[a], s_s[a + 1u], s_s[a + 2u], s_s[a + 3u]) * f);
+            let b = row * PS + c0 + 4u * x;
+            p_s[b] = w.x;
+            p_s[b + 1u] = w.y;
+            p_s[b + 2u] = w.z;
+            p_s[b + 3u] = w.w;
         }
         carry += total;
         workgroupBarrier();                 // P (and a staged V) ready
