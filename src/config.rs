@@ -192,13 +192,23 @@ pub fn choose(caps: &Capabilities, dtype: Dtype, head_dim: u32, requested: Path,
             )))
         }
         Path::CooperativeMatrix if !coop_ok => {
-            return Err(Error::Unsupported(format!(
-                "the cooperative-matrix path needs f16 data (got {dtype:?}), a head dim that is a multiple of 16 \
-                 up to {COOP_MAX_HEAD_DIM} (got {head_dim}), k and v offsets and token strides that are multiples \
-                 of 8 elements (here: {coop_layout}), and Features::EXPERIMENTAL_COOPERATIVE_MATRIX with 16x16x16 \
-                 f16 -> f32 listed by the adapter and subgroups of exactly {COOP_SUBGROUP} (this device: {})",
-                caps.cooperative_f16()
-            )))
+            let mut unmet = Vec::new();
+            if dtype != Dtype::F16 {
+                unmet.push(format!("f16 data (got {dtype:?})"));
+            }
+            if head_dim > COOP_MAX_HEAD_DIM || head_dim % 16 != 0 {
+                unmet.push(format!("a head dim that is a multiple of 16 up to {COOP_MAX_HEAD_DIM} (got {head_dim})"));
+            }
+            if !coop_layout {
+                unmet.push("k and v offsets and token strides that are multiples of 8 elements".into());
+            }
+            if !caps.cooperative_f16() {
+                unmet.push(format!(
+                    "Features::EXPERIMENTAL_COOPERATIVE_MATRIX with 16x16x16 f16 -> f32 listed by the adapter and \
+                     subgroups of exactly {COOP_SUBGROUP} (this device has neither or not both)"
+                ));
+            }
+            return Err(Error::Unsupported(format!("the cooperative-matrix path needs {}", unmet.join("; "))));
         }
         p => p,
     };
