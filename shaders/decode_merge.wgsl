@@ -1,12 +1,16 @@
 // Stick-breaking decode, second dispatch: merges the chunks of decode.wgsl nearest-first and
 // applies the remainder mode (ALGORITHM.md, "Decode and split-K"):
-//   o = o_last + exp(s_last) * (o_prev + exp(s_prev) * (...)),   log rem = sum_c s_c
+//   o = sum_c exp(E_c) o_c,  E_c = sum of s over the chunks after c (nearer the query),
+//   log rem = sum_c s_c
 //
 // src/shader.rs prepends a prelude declaring `alias ST = f32 | f16;` (storage type of the cache,
 // o and the bias) and appends stick.wgsl (flag bits). One workgroup per query row
-// (x = head * n + token, y = sequence).
+// (x = head * n + token, y = sequence). The chunks are taken MW at a time, nearest first: one
+// chunk per invocation for the scan of their logs (E_c), then the invocations split into cw
+// head-dim columns x MW / cw chunk lanes, each lane summing every (MW / cw)-th chunk, so the
+// loads of many chunks are in flight at once; the lanes' sums are added at the end.
 
-const MW: u32 = 64u;
+const MW: u32 = 256u;
 
 // Must match `MergeParams` in src/decode.rs (tests/decode.rs checks the layout with naga).
 struct Params {
@@ -17,13 +21,13 @@ struct Params {
     dp4: u32,        // vec4s per partial row
     group: u32,      // query heads per kv head
     flags: u32,
-    _pad0: u32,
+    capacity: u32,   // tokens the cache holds per sequence
     o_off: u32, o_sb: u32, o_st: u32, o_sh: u32,   // elements: offset; batch, token, head strides
     v_off: u32, v_sb: u32, v_st: u32, v_sh: u32,   // the value cache, elements
     rem_off: u32,    // [B, H, n] f32
     lrem_off: u32,   // [B, H, n] f32
     bias_off: u32,   // [H, D]
-    _pad1: u32,
+    cw: u32,         // column invocations: a power of two >= ceil(d / 4), <= MW
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -35,6 +39,9 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> rem_out: array<f32>;
 @group(0) @binding(7) var<storage, read_write> lrem_out: array<f32>;
 @group(0) @binding(8) var<storage, read> bias: array<ST>;
+
+var<workgroup> scan_s: array<f32, MW>;         // the tile's logs, scanned; then its weights
+var<workgroup> sum_s: array<vec4<f32>, MW>;    // [lane][column] each chunk lane's sum
 
 // Adds the remainder term to element d of the output and stores it.
 fn finish(d: u32, x: f32, rem: f32, mode: u32, ob: u32, vrow: u32, bb: u32) {
@@ -57,28 +64,61 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let row = (b * p.h + h) * p.n + i;
     let pb = row * p.splits;
     let mode = (p.flags >> REM_SHIFT) & 3u;
-    // The query is token len - n + i of its sequence: its own value for REM_ADD_VALUE.
-    let pos = max(lengths[b], p.n) - p.n + i;
-    let ob = p.o_off + b * p.o_sb + i * p.o_st + h * p.o_sh;
-    let vrow = p.v_off + b * p.v_sb + pos * p.v_st + (h / p.group) * p.v_sh;
-    let bb = p.bias_off + h * p.d;
-    // Every thread sums the chunks' logs in the same order, so all agree on the carry.
-    for (var x = lidx; x < (p.d + 3u) / 4u; x += MW) {
-        var acc = vec4<f32>(0.0);
-        var carry = 0.0;
-        for (var c = p.splits; c > 0u; c--) {       // nearest chunk first
-            acc += exp(carry) * o_part[(pb + c - 1u) * p.dp4 + x];
-            carry += s_part[pb + c - 1u];
+    let d4 = (p.d + 3u) / 4u;
+    let x = lidx % p.cw;             // head-dim vec4 of this invocation
+    let lane = lidx / p.cw;          // chunk lane
+    let lanes = MW / p.cw;
+
+    var acc = vec4<f32>(0.0);
+    var carry = 0.0;                 // sum of the logs of the tiles done (every invocation agrees)
+    for (var t0 = 0u; t0 < p.splits; t0 += MW) {
+        // Tile chunk k is chunk splits - 1 - t0 - k (nearest first).
+        let count = min(MW, p.splits - t0);
+        var s = 0.0;
+        if (lidx < count) { s = s_part[pb + p.splits - 1u - t0 - lidx]; }
+        scan_s[lidx] = s;
+        workgroupBarrier();
+        // Inclusive scan (Hillis-Steele) of the tile's chunks: scan_s[k] = sum of the logs of
+        // tile chunks 0 ..= k for k < count.
+        for (var off = 1u; off < count; off <<= 1u) {
+            var v = scan_s[lidx];
+            if (lidx >= off) { v += scan_s[lidx - off]; }
+            workgroupBarrier();
+            scan_s[lidx] = v;
+            workgroupBarrier();
         }
+        var before = 0.0;            // logs of the tile chunks nearer than this one
+        if (lidx > 0u) { before = scan_s[lidx - 1u]; }
+        let total = scan_s[count - 1u];
+        workgroupBarrier();
+        scan_s[lidx] = exp(carry + before);   // weight of tile chunk lidx
+        workgroupBarrier();
+        carry += total;
+        if (x < d4) {
+            for (var k = lane; k < count; k += lanes) {
+                acc += scan_s[k] * o_part[(pb + p.splits - 1u - t0 - k) * p.dp4 + x];
+            }
+        }
+        workgroupBarrier();          // every weight read before the next tile overwrites them
+    }
+    sum_s[lidx] = acc;
+    workgroupBarrier();
+
+    if (lane == 0u && x < d4) {
+        var y = sum_s[x];
+        for (var l = 1u; l < lanes; l++) { y += sum_s[l * p.cw + x]; }
+        // The query is token len - n + i of its sequence: its own value for REM_ADD_VALUE.
+        let pos = min(max(lengths[b], p.n), p.capacity) - p.n + i;
+        let ob = p.o_off + b * p.o_sb + i * p.o_st + h * p.o_sh;
+        let vrow = p.v_off + b * p.v_sb + pos * p.v_st + (h / p.group) * p.v_sh;
+        let bb = p.bias_off + h * p.d;
         let rem = exp(carry);
-        finish(4u * x, acc.x, rem, mode, ob, vrow, bb);
-        finish(4u * x + 1u, acc.y, rem, mode, ob, vrow, bb);
-        finish(4u * x + 2u, acc.z, rem, mode, ob, vrow, bb);
-        finish(4u * x + 3u, acc.w, rem, mode, ob, vrow, bb);
+        finish(4u * x, y.x, rem, mode, ob, vrow, bb);
+        finish(4u * x + 1u, y.y, rem, mode, ob, vrow, bb);
+        finish(4u * x + 2u, y.z, rem, mode, ob, vrow, bb);
+        finish(4u * x + 3u, y.w, rem, mode, ob, vrow, bb);
     }
     if (lidx == 0u) {
-        var carry = 0.0;
-        for (var c = p.splits; c > 0u; c--) { carry += s_part[pb + c - 1u]; }
         if ((p.flags & FLAG_WRITE_LOG_REM) != 0u) { lrem_out[p.lrem_off + row] = carry; }
         if (mode == REM_RETURN) { rem_out[p.rem_off + row] = exp(carry); }
     }

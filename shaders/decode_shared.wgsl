@@ -22,3 +22,9 @@ fn lane_sum(x: vec4<f32>, slot: u32, g: u32) -> vec4<f32> {
     workgroupBarrier();
     return s;
 }
+
+// One key for rows 4q .. 4q+3 from this lane's partial logits x: every lane sums all P lanes'
+// parts and takes the four rows' stick step itself (identical in every lane).
+fn quad_step(x: vec4<f32>, carry: vec4<f32>, vis: vec4<bool>, slot: u32, g: u32) -> Step {
+    return stick_step(lane_sum(x, slot, g), carry, vis);
+}

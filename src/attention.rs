@@ -106,6 +106,26 @@ pub enum ShaderChecks {
     Off,
 }
 
+impl ShaderChecks {
+    /// Compiles `desc` with these checks.
+    ///
+    /// # Safety
+    /// Below `Full`: every loop of the kernel must end (wgpu's loop bounding is off). `Off`:
+    /// also no index of the kernel may leave its binding or array, whatever the call.
+    pub(crate) unsafe fn create_module(self, device: &wgpu::Device, desc: wgpu::ShaderModuleDescriptor<'_>) -> wgpu::ShaderModule {
+        match self {
+            ShaderChecks::Full => device.create_shader_module(desc),
+            // SAFETY: the caller's loops end; index clamping stays on.
+            ShaderChecks::Bounds => unsafe {
+                let checks = wgpu::ShaderRuntimeChecks { force_loop_bounding: false, ..wgpu::ShaderRuntimeChecks::checked() };
+                device.create_shader_module_trusted(desc, checks)
+            },
+            // SAFETY: the caller keeps every index in range.
+            ShaderChecks::Off => unsafe { device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) },
+        }
+    }
+}
+
 /// Stick-breaking attention on one wgpu device: its capabilities, the kernels compiled so
 /// far, and the calls that record work into the caller's encoders.
 ///
@@ -321,20 +341,10 @@ impl Attention {
             label: Some("sbattn forward"),
             source: wgpu::ShaderSource::Wgsl(source.into()),
         };
-        let module = match self.checks {
-            ShaderChecks::Full => self.device.create_shader_module(desc),
-            // SAFETY: every loop of the forward kernels ends: their trip counts are bounded by
-            // the validated call parameters (tiles of T, head-dim chunks, lanes), so wgpu's
-            // loop bounding guards nothing; index clamping stays on.
-            ShaderChecks::Bounds => unsafe {
-                let checks = wgpu::ShaderRuntimeChecks { force_loop_bounding: false, ..wgpu::ShaderRuntimeChecks::checked() };
-                self.device.create_shader_module_trusted(desc, checks)
-            },
-            // SAFETY: see `without_runtime_checks`, whose caller opted in.
-            ShaderChecks::Off => unsafe {
-                self.device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
-            },
-        };
+        // SAFETY: every loop of the forward kernels ends: their trip counts are bounded by the
+        // validated call parameters (tiles of T, head-dim chunks, lanes); `Off` only after the
+        // caller opted in through `without_runtime_checks`.
+        let module = unsafe { self.checks.create_module(&self.device, desc) };
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some("sbattn forward"),
             layout: Some(&self.pipeline_layout),
@@ -412,7 +422,7 @@ impl Attention {
         // The tensor-core kernel loads whole 16 x 16 blocks of k and v from memory: 16-byte
         // aligned rows (bindings start 256-byte aligned, so element offsets and strides that
         // are multiples of 8).
-        let aligned = |b: &Binding<'_>| b.offset % 8 == 0 && b.strides.iter().all(|x| x % 8 == 0);
+        let aligned = |b: &Binding<'_>| b.offset.is_multiple_of(8) && b.strides.iter().all(|x| x.is_multiple_of(8));
         let variant = config::choose(&self.caps, call.dtype, s.head_dim, call.path, aligned(&k) && aligned(&v))?;
         let rows = (s.batch as u64) * (s.heads as u64) * (s.seq_len as u64);
         let (mode, rem, log_rem, bias) =
@@ -559,10 +569,8 @@ pub(crate) fn error_scope(device: &wgpu::Device) -> Scope {
 impl Scope {
     pub(crate) fn finish(self) -> Result<()> {
         #[cfg(not(target_arch = "wasm32"))]
-        if let Some(guard) = self.0 {
-            if let Some(e) = pollster::block_on(guard.pop()) {
-                return Err(Error::Device(e.to_string()));
-            }
+        if let Some(e) = self.0.and_then(|guard| pollster::block_on(guard.pop())) {
+            return Err(Error::Device(e.to_string()));
         }
         Ok(())
     }

@@ -176,7 +176,7 @@ pub fn choose(caps: &Capabilities, dtype: Dtype, head_dim: u32, requested: Path,
     let coop_ok = dtype == Dtype::F16
         && caps.cooperative_f16()
         && head_dim <= COOP_MAX_HEAD_DIM
-        && head_dim % 16 == 0
+        && head_dim.is_multiple_of(16)
         && coop_layout;
     let path = match requested {
         Path::Auto if coop_ok => Path::CooperativeMatrix,
@@ -196,7 +196,7 @@ pub fn choose(caps: &Capabilities, dtype: Dtype, head_dim: u32, requested: Path,
             if dtype != Dtype::F16 {
                 unmet.push(format!("f16 data (got {dtype:?})"));
             }
-            if head_dim > COOP_MAX_HEAD_DIM || head_dim % 16 != 0 {
+            if head_dim > COOP_MAX_HEAD_DIM || !head_dim.is_multiple_of(16) {
                 unmet.push(format!("a head dim that is a multiple of 16 up to {COOP_MAX_HEAD_DIM} (got {head_dim})"));
             }
             if !coop_layout {

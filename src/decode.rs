@@ -32,8 +32,15 @@
 //! ```
 //!
 //! Kernels: `shaders/decode.wgsl` (one workgroup per chunk x kv head x sequence: the kv head's
-//! whole query group shares each K and V load), `shaders/decode_merge.wgsl` (one workgroup per
-//! query row) and `shaders/kv_append.wgsl`.
+//! whole query group shares each K and V load; each key slot loads several keys per step
+//! before using any), with one of `decode_load_vec8.wgsl` (16-byte loads of f16),
+//! `decode_load_vec.wgsl` or `decode_load_scalar.wgsl` and one of `decode_subgroup.wgsl` or
+//! `decode_shared.wgsl`; `shaders/decode_merge.wgsl` (one workgroup per query row, the chunks
+//! spread over its invocations) and `shaders/kv_append.wgsl`. [`choose_variant`] and
+//! [`choose_splits`] pick the kernel and the grid; [`Decode`]'s tuning fields force them.
+//! Kernels compile with index clamping and without loop bounding, as the forward kernels do
+//! ([`crate::ShaderChecks`]; see [`Decoder::with_full_runtime_checks`] and
+//! [`Decoder::without_runtime_checks`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -41,7 +48,7 @@ use std::sync::{Arc, Mutex};
 use bytemuck::{Pod, Zeroable};
 use wgpu::util::DeviceExt;
 
-use crate::attention::{error_scope, remainder_bindings, storage_entry, unused_bindings, Remainder};
+use crate::attention::{error_scope, remainder_bindings, storage_entry, unused_bindings, Remainder, ShaderChecks};
 use crate::config::{Capabilities, WORKGROUP_SIZE};
 use crate::params::{FLAG_ATTEND_CURRENT, FLAG_WRITE_LOG_REM, REM_SHIFT};
 use crate::shader::{self, Target};
@@ -57,22 +64,75 @@ const FLAG_EARLY_EXIT: u32 = 16;
 const MAX_ROWS: u32 = 16;
 /// Named vec4 accumulators per thread (`a0..a15` in decode.wgsl): rows * cols <= this.
 const MAX_ACCUMULATORS: u32 = 16;
-/// Named vec4s of a key per lane (`Lanes.c0..c7`).
+/// vec4s of a key per lane (`Raw.u0..u7` hold up to 8 loads).
 const MAX_COLS: u32 = 8;
-/// Lanes per key the kernel is built for. 8 lanes of f16 vec4s load 64 contiguous bytes of a
-/// key: two full 32-byte sectors, so narrower is never better for memory.
+/// Lanes per key the kernel is built for.
 const LANES: [u32; 4] = [8, 16, 32, 64];
+/// Keys per step the kernel is built for (`k0..k7`, `v0..v7` in decode.wgsl).
+const KEYS_PER_STEP: [u32; 4] = [1, 2, 4, 8];
+/// 32-bit registers per invocation the chooser gives the accumulators (`4 * rows * cols`).
+/// With the loaded keys (below), addresses, carries and temporaries that stays near 96, under
+/// the 128 at which two 256-invocation workgroups share a 64K-register multiprocessor (NVIDIA;
+/// AMD's vector register files are similar): more resident workgroups keep more loads in
+/// flight. A lead to check with `bench_decode`, not a measured optimum.
+const ACCUMULATOR_REGISTERS: u32 = 32;
+/// 32-bit registers per invocation the chooser gives the keys and values loaded per step
+/// (`keys_per_step * 2 * cols * 4 * element size / 4`): the bytes each invocation has in
+/// flight, the lever of a bandwidth-bound kernel. Same caveat as above.
+const LOAD_REGISTERS: u32 = 32;
 /// vec4s of the merge buffer in decode.wgsl (`NB = clamp(512 / RMP, 1, NK)`).
 const MERGE_BUFFER_VEC4: u32 = 512;
 /// Most chunks per sequence a caller may force.
 const MAX_SPLITS: u32 = 4096;
 /// Most chunks the automatic choice makes: the merge reads `splits` partial rows per query.
 const AUTO_MAX_SPLITS: u32 = 256;
-/// Fewest keys each key slot of a workgroup should walk, so that the in-workgroup merge
-/// (a few barriers) stays small next to the loads.
-const MIN_KEYS_PER_SLOT: u32 = 8;
-/// Invocations of the merge and append workgroups (`MW`, `AW` in the shaders).
+/// Fewest steps (of `keys_per_step` keys) each key slot of a workgroup should walk, so that
+/// the workgroup's fixed costs (query tile, slot merge with its barriers, partial rows) stay
+/// small next to the loads.
+const MIN_STEPS_PER_SLOT: u32 = 4;
+/// Invocations of the append workgroups (`AW` in kv_append.wgsl).
 const SMALL_WG: u32 = 64;
+/// Invocations of the merge workgroup (`MW` in decode_merge.wgsl).
+const MERGE_WG: u32 = 256;
+
+/// How the partial kernel reads the cache, narrowest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Load {
+    /// One element at a time: any head dim, offsets and strides.
+    Scalar,
+    /// Four elements per load (8 bytes in f16, 16 in f32): head dim, element offsets and
+    /// strides of the cache multiples of 4.
+    Vec4,
+    /// Eight f16 per 16-byte load (`vec4<u32>`): head dim, element offsets and strides
+    /// multiples of 8; f16 only (an f32 [`Load::Vec4`] is 16 bytes already).
+    Vec8,
+}
+
+impl Load {
+    /// Elements of one load.
+    pub fn elements(self) -> u32 {
+        match self {
+            Load::Scalar => 1,
+            Load::Vec4 => 4,
+            Load::Vec8 => 8,
+        }
+    }
+
+    /// Adjacent head-dim vec4s one load fills (`W` in decode.wgsl).
+    pub fn vec4s(self) -> u32 {
+        if self == Load::Vec8 { 2 } else { 1 }
+    }
+
+    /// The widest load a cache of `dtype` allows when its head dim and every element offset
+    /// and stride are multiples of `multiple_of` elements.
+    pub fn widest(dtype: Dtype, multiple_of: u32) -> Load {
+        match multiple_of {
+            m if m.is_multiple_of(8) && dtype == Dtype::F16 => Load::Vec8,
+            m if m.is_multiple_of(4) => Load::Vec4,
+            _ => Load::Scalar,
+        }
+    }
+}
 
 /// One compiled decode kernel: the pipeline cache's key and the tiles dispatch must match.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -81,14 +141,17 @@ pub struct DecodeVariant {
     pub dtype: Dtype,
     /// Lane reduction path ([`Path::Subgroup`] or [`Path::SharedMemory`], never `Auto`).
     pub path: Path,
-    /// The cache is read as `vec4`s (head dim, offsets and strides all multiples of 4).
-    pub vec_loads: bool,
+    /// How the cache is read.
+    pub load: Load,
     /// Lanes per key, `P`: each holds `cols` vec4s of the key's head dim.
     pub lanes: u32,
-    /// vec4s per lane, `M`: the padded head dim is `4 * cols * lanes`.
+    /// vec4s per lane, `M` (a multiple of `load.vec4s()`): the padded head dim is
+    /// `4 * cols * lanes`.
     pub cols: u32,
     /// Query rows per workgroup, `R` (1, 2, 4, 8 or 16).
     pub rows: u32,
+    /// Keys each key slot loads per step before using any, `U` (1, 2, 4 or 8).
+    pub keys_per_step: u32,
 }
 
 impl DecodeVariant {
@@ -110,6 +173,16 @@ impl DecodeVariant {
         let shared = if self.path == Path::SharedMemory { WORKGROUP_SIZE } else { 0 };
         16 * (nb * rmp + self.key_slots() * quads + shared)
     }
+
+    /// 32-bit registers per invocation of the accumulators.
+    fn accumulator_registers(&self) -> u32 {
+        4 * self.rows * self.cols
+    }
+
+    /// 32-bit registers per invocation of one key's and one value's loads.
+    fn key_registers(&self) -> u32 {
+        2 * self.cols * self.dtype.size() as u32
+    }
 }
 
 /// How a [`Decode`] call runs: the kernel, the split count and the grid.
@@ -126,32 +199,54 @@ pub struct DecodePlan {
     pub workgroups: [u32; 3],
 }
 
+/// Kernel choices a caller may force (for tuning and tests); `None` leaves each to
+/// [`choose_variant`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Forced {
+    /// Lanes per key: 8, 16, 32 or 64.
+    pub lanes: Option<u32>,
+    /// Cache loads, no wider than the cache allows.
+    pub load: Option<Load>,
+    /// Keys per step: 1, 2, 4 or 8.
+    pub keys_per_step: Option<u32>,
+}
+
 /// Chooses the decode kernel for `rows_needed` query rows per kv head (group size times new
-/// tokens): as many rows per workgroup as fit (each row block re-reads the keys), then the
-/// fewest lanes per key that hold the head dim in the named registers, on the requested path.
+/// tokens) on a cache that allows loads up to `widest`, on the requested path.
 ///
-/// `lanes`, when given, forces the lanes per key (for tuning). [`Path::Auto`] (and
-/// [`Path::CooperativeMatrix`]: decode has no tensor-core kernel) takes the subgroup path where
-/// the adapter allows it and it holds at least as many rows as the shared-memory path.
+/// [`Path::Auto`] (and [`Path::CooperativeMatrix`]: decode has no tensor-core kernel) takes the
+/// subgroup path where the adapter allows it and it holds at least as many rows as the
+/// shared-memory path. `forced` overrides the choices below one by one.
 ///
 /// # Errors
 /// [`Error::Unsupported`] for f16 without `SHADER_F16` or a subgroup path the adapter cannot
-/// run, [`Error::InvalidParameter`] for a bad forced lane count, [`Error::Limit`] when no
-/// variant fits the device's workgroup memory.
+/// run, [`Error::InvalidParameter`] for a bad forced lane count, load or keys per step,
+/// [`Error::Limit`] when no variant fits the device's workgroup memory.
 pub fn choose_variant(
     caps: &Capabilities,
     dtype: Dtype,
     head_dim: u32,
     rows_needed: u32,
-    vec_loads: bool,
+    widest: Load,
     requested: Path,
-    lanes: Option<u32>,
+    forced: Forced,
 ) -> Result<DecodeVariant> {
     if dtype == Dtype::F16 && !caps.f16() {
         return Err(Error::Unsupported("f16 needs Features::SHADER_F16 on the device".into()));
     }
-    if let Some(l) = lanes.filter(|l| !LANES.contains(l)) {
+    if let Some(l) = forced.lanes.filter(|l| !LANES.contains(l)) {
         return Err(Error::InvalidParameter { name: "lanes_per_key", reason: format!("{l} is not one of {LANES:?}") });
+    }
+    if let Some(u) = forced.keys_per_step.filter(|u| !KEYS_PER_STEP.contains(u)) {
+        return Err(Error::InvalidParameter { name: "keys_per_step", reason: format!("{u} is not one of {KEYS_PER_STEP:?}") });
+    }
+    // 16-byte loads of eight elements are f16 only (an f32 vec4 is 16 bytes already).
+    let widest = if dtype == Dtype::F16 { widest } else { widest.min(Load::Vec4) };
+    if let Some(l) = forced.load.filter(|l| *l > widest) {
+        return Err(Error::InvalidParameter {
+            name: "load",
+            reason: format!("{l:?} is wider than this {dtype:?} cache allows ({widest:?}: head dim, offsets and strides)"),
+        });
     }
     let (min_sg, max_sg) = (caps.adapter.subgroup_min_size, caps.adapter.subgroup_max_size);
     // Subgroup path: the lanes of a key must sit in one subgroup whatever size it runs at.
@@ -162,16 +257,40 @@ pub fn choose_variant(
     let l = &caps.limits;
     let best = |path: Path| -> Option<DecodeVariant> {
         let max_lanes = if path == Path::Subgroup { subgroup_lanes? } else { u32::MAX };
+        // Rows first: as many as fit, since each row block re-reads all of K and V.
         let mut rows = rows_needed.clamp(1, MAX_ROWS).next_power_of_two();
         while rows >= 1 {
-            for p in LANES.into_iter().filter(|p| lanes.is_none_or(|l| l == *p) && *p <= max_lanes) {
-                let cols = head_dim.div_ceil(4 * p).max(1);
-                let v = DecodeVariant { dtype, path, vec_loads, lanes: p, cols, rows };
-                if cols <= MAX_COLS
-                    && rows * cols <= MAX_ACCUMULATORS
-                    && v.workgroup_bytes() <= l.max_compute_workgroup_storage_size
-                {
-                    return Some(v);
+            // Then the widest load that fits (bytes in flight per instruction; the cache's
+            // alignment bounds it), then the fewest lanes (fewer shuffle rounds, and fewer
+            // lanes repeating each row's stick arithmetic) whose accumulators stay within
+            // ACCUMULATOR_REGISTERS; failing that, the fewest accumulators, then lanes.
+            let loads = [Load::Vec8, Load::Vec4, Load::Scalar];
+            for load in loads.into_iter().filter(|x| forced.load.map_or(*x <= widest, |f| f == *x)) {
+                let mut pick: Option<DecodeVariant> = None;
+                for p in LANES.into_iter().filter(|p| forced.lanes.is_none_or(|l| l == *p) && *p <= max_lanes) {
+                    let w = load.vec4s();
+                    let cols = head_dim.div_ceil(4 * w * p).max(1) * w;
+                    let v = DecodeVariant { dtype, path, load, lanes: p, cols, rows, keys_per_step: 1 };
+                    let fits = cols <= MAX_COLS
+                        && rows * cols <= MAX_ACCUMULATORS
+                        && v.workgroup_bytes() <= l.max_compute_workgroup_storage_size;
+                    let light = |v: &DecodeVariant| v.accumulator_registers() <= ACCUMULATOR_REGISTERS;
+                    let better = match pick {
+                        None => true,
+                        Some(q) => (light(&v) && !light(&q)) || (!light(&q) && v.cols < q.cols),
+                    };
+                    if fits && better {
+                        pick = Some(v);
+                    }
+                }
+                if let Some(v) = pick {
+                    // Then as many keys per step as LOAD_REGISTERS hold (at least one): each
+                    // is a set of loads in flight before the first use. On CPU adapters one:
+                    // a core has no memory latency worth that to hide, and the unrolled step
+                    // multiplies llvmpipe's (lavapipe's) compile time.
+                    let fit = KEYS_PER_STEP.into_iter().filter(|u| u * v.key_registers() <= LOAD_REGISTERS).max().unwrap_or(1);
+                    let fit = if caps.adapter.device_type == wgpu::DeviceType::Cpu { 1 } else { fit };
+                    return Some(DecodeVariant { keys_per_step: forced.keys_per_step.unwrap_or(fit), ..v });
                 }
             }
             rows /= 2;
@@ -196,15 +315,17 @@ pub fn choose_variant(
             (None, m) => m,
         },
     };
-    chosen.ok_or_else(|| match lanes {
+    chosen.ok_or_else(|| match forced.lanes {
         Some(p) if requested == Path::Subgroup && p > min_sg => {
             Error::Unsupported(format!("{p} lanes per key do not fit the adapter's minimum subgroup size {min_sg}"))
         }
         _ => {
             // Nothing fits the workgroup memory: report the smallest candidate.
-            let p = lanes.unwrap_or(LANES[0]);
+            let p = forced.lanes.unwrap_or(LANES[0]);
             let path = if requested == Path::SharedMemory { requested } else { Path::Subgroup };
-            let v = DecodeVariant { dtype, path, vec_loads, lanes: p, cols: head_dim.div_ceil(4 * p), rows: 1 };
+            let load = forced.load.unwrap_or(widest);
+            let cols = head_dim.div_ceil(4 * p);
+            let v = DecodeVariant { dtype, path, load, lanes: p, cols, rows: 1, keys_per_step: 1 };
             Error::Limit {
                 what: "decode workgroup memory",
                 value: v.workgroup_bytes() as u64,
@@ -216,18 +337,21 @@ pub fn choose_variant(
 
 /// Chooses how many chunks each sequence's keys are split into: enough workgroups to fill the
 /// device (wgpu does not say how many compute units it has, so the target is a count that
-/// fills a large GPU several times over, and a handful on CPU adapters, where every workgroup
-/// runs on one of a few cores), but never so many that a key slot walks fewer than
-/// `MIN_KEYS_PER_SLOT` keys of the longest sequence.
+/// fills a large GPU several times over, e.g. about 4 workgroups per multiprocessor of a
+/// 132-multiprocessor H200 holding two each at a time, which keeps the last wave's idle share
+/// small; and a handful on CPU adapters, where every workgroup runs on one of a few cores),
+/// but never so many that a key slot walks fewer than `MIN_STEPS_PER_SLOT` steps of the
+/// longest sequence.
 ///
 /// `base_workgroups` is the grid without splitting: batch x kv heads x row blocks.
-pub fn choose_splits(caps: &Capabilities, base_workgroups: u32, max_keys: u32, key_slots: u32) -> u32 {
+pub fn choose_splits(caps: &Capabilities, base_workgroups: u32, max_keys: u32, variant: &DecodeVariant) -> u32 {
     let target = match caps.adapter.device_type {
         wgpu::DeviceType::Cpu => 2 * std::thread::available_parallelism().map_or(4, |n| n.get() as u32),
         _ => 1024,
     };
     let want = target.div_ceil(base_workgroups.max(1));
-    let most = max_keys.div_ceil(key_slots * MIN_KEYS_PER_SLOT).max(1);
+    let per_workgroup = variant.key_slots() * variant.keys_per_step * MIN_STEPS_PER_SLOT;
+    let most = max_keys.div_ceil(per_workgroup).max(1);
     want.min(most).clamp(1, AUTO_MAX_SPLITS)
 }
 
@@ -495,6 +619,12 @@ pub struct Decode<'a> {
     pub splits: Option<u32>,
     /// Lanes per key (8, 16, 32 or 64); `None` lets [`choose_variant`] pick. For tuning.
     pub lanes_per_key: Option<u32>,
+    /// Cache loads (no wider than the cache's head dim, offsets and strides allow); `None`
+    /// lets [`choose_variant`] take the widest. For tuning.
+    pub load: Option<Load>,
+    /// Keys each key slot loads per step (1, 2, 4 or 8); `None` lets [`choose_variant`] pick.
+    /// For tuning.
+    pub keys_per_step: Option<u32>,
 }
 
 impl<'a> Decode<'a> {
@@ -515,6 +645,8 @@ impl<'a> Decode<'a> {
             early_exit_eps: 0.0,
             splits: None,
             lanes_per_key: None,
+            load: None,
+            keys_per_step: None,
         }
     }
 }
@@ -536,7 +668,8 @@ struct DecodeParams {
     v: [u32; 4],
     scale: f32,
     log_eps: f32,
-    _pad: [u32; 2],
+    capacity: u32,
+    _pad: u32,
 }
 
 /// Uniform parameters of the merge kernel (`Params` in decode_merge.wgsl).
@@ -550,13 +683,13 @@ struct MergeParams {
     dp4: u32,
     group: u32,
     flags: u32,
-    _pad0: u32,
+    capacity: u32,
     o: [u32; 4],
     v: [u32; 4],
     rem_off: u32,
     lrem_off: u32,
     bias_off: u32,
-    _pad1: u32,
+    cw: u32,
 }
 
 /// Uniform parameters of the append kernels (`Params` in kv_append.wgsl).
@@ -598,14 +731,14 @@ pub fn param_layouts(target: Target) -> Vec<ParamLayout> {
         quad("q", offset_of!(DecodeParams, q)),
         quad("k", offset_of!(DecodeParams, k)),
         quad("v", offset_of!(DecodeParams, v)),
-        plain(&["scale", "log_eps", "_pad0", "_pad1"], offset_of!(DecodeParams, scale)),
+        plain(&["scale", "log_eps", "capacity", "_pad1"], offset_of!(DecodeParams, scale)),
     ]
     .concat();
     let merge = [
-        plain(&["h", "n", "d", "splits", "dp4", "group", "flags", "_pad0"], 0),
+        plain(&["h", "n", "d", "splits", "dp4", "group", "flags", "capacity"], 0),
         quad("o", offset_of!(MergeParams, o)),
         quad("v", offset_of!(MergeParams, v)),
-        plain(&["rem_off", "lrem_off", "bias_off", "_pad1"], offset_of!(MergeParams, rem_off)),
+        plain(&["rem_off", "lrem_off", "bias_off", "cw"], offset_of!(MergeParams, rem_off)),
     ]
     .concat();
     let append = [
@@ -623,22 +756,27 @@ pub fn param_layouts(target: Target) -> Vec<ParamLayout> {
     ]
 }
 
-/// Every decode variant [`choose_variant`] can return on some adapter, for offline validation:
-/// each dtype, path and load width with every rows x cols pair the registers allow, at each
-/// lane count.
+/// Every decode kernel source [`choose_variant`] can need on some adapter, for offline
+/// validation: each dtype, path and load width with every rows x cols pair the registers
+/// allow, at each lane count. `keys_per_step` is 1 in each: it is the overridable constant `U`
+/// of the pipeline, not part of the source, so each entry stands for all of 1, 2, 4 and 8.
 pub fn all_variants() -> Vec<DecodeVariant> {
     let mut out = Vec::new();
     for dtype in [Dtype::F32, Dtype::F16] {
         for path in [Path::Subgroup, Path::SharedMemory] {
-            for vec_loads in [true, false] {
+            for load in [Load::Scalar, Load::Vec4, Load::Vec8] {
+                if load == Load::Vec8 && dtype != Dtype::F16 {
+                    continue;
+                }
+                let w = load.vec4s();
                 for lanes in LANES {
                     for rows in [1, 2, 4, 8, 16] {
-                        for cols in 1..=MAX_COLS.min(MAX_ACCUMULATORS / rows) {
+                        for cols in (w..=MAX_COLS.min(MAX_ACCUMULATORS / rows)).step_by(w as usize) {
                             // Lane counts past what the head dim needs are never chosen.
-                            if cols > 1 && 4 * lanes * (cols - 1) >= MAX_HEAD_DIM {
+                            if cols > w && 4 * lanes * (cols - w) >= MAX_HEAD_DIM {
                                 continue;
                             }
-                            out.push(DecodeVariant { dtype, path, vec_loads, lanes, cols, rows });
+                            out.push(DecodeVariant { dtype, path, load, lanes, cols, rows, keys_per_step: 1 });
                         }
                     }
                 }
@@ -716,6 +854,8 @@ pub struct Decoder {
     dummies: [wgpu::Buffer; 3],
     pipelines: Mutex<HashMap<Kernel, Arc<wgpu::ComputePipeline>>>,
     scratch: Mutex<Option<Scratch>>,
+    /// Runtime checks of the kernels compiled from now on.
+    checks: ShaderChecks,
 }
 
 /// A validated decode call: plan, parameters and bindings.
@@ -748,7 +888,37 @@ impl Decoder {
             dummies,
             pipelines: Mutex::new(HashMap::new()),
             scratch: Mutex::new(None),
+            checks: ShaderChecks::Bounds,
         }
+    }
+
+    /// Compiles kernels from now on with every wgpu runtime check, loop bounding included
+    /// (the default keeps index clamping but not loop bounding, as
+    /// [`crate::Attention`] does; see [`ShaderChecks`]).
+    pub fn with_full_runtime_checks(mut self) -> Self {
+        self.checks = ShaderChecks::Full;
+        self.pipelines = Mutex::new(HashMap::new());
+        self
+    }
+
+    /// Compiles kernels from now on without wgpu's runtime checks (no index clamping, no
+    /// loop bounding).
+    ///
+    /// # Safety
+    /// Sound only because every call is validated on the host (shapes, strides, offsets and
+    /// buffer sizes, so that no global index can leave its binding), the kernels clamp the
+    /// lengths they read from the GPU to the cache's capacity, and every workgroup index is
+    /// in range by construction; the default keeps wgpu's index clamping as a second line of
+    /// defence. The tests run both.
+    pub unsafe fn without_runtime_checks(mut self) -> Self {
+        self.checks = ShaderChecks::Off;
+        self.pipelines = Mutex::new(HashMap::new());
+        self
+    }
+
+    /// The runtime checks kernels are compiled with.
+    pub fn shader_checks(&self) -> ShaderChecks {
+        self.checks
     }
 
     /// What the device offers.
@@ -762,23 +932,38 @@ impl Decoder {
             return Ok(p.clone());
         }
         let t = Target::current();
+        // The partial kernel's keys per step is its overridable constant `U`.
+        let keys_per_step;
+        let mut constants: &[(&str, f64)] = &[];
         let (source, layout, entry) = match kernel {
-            Kernel::Decode(v) => (shader::decode_source(&v, t), &self.decode_layout, "main"),
+            Kernel::Decode(v) => {
+                keys_per_step = [("U", v.keys_per_step as f64)];
+                constants = &keys_per_step;
+                (shader::decode_source(&v, t), &self.decode_layout, "main")
+            }
             Kernel::Merge(d) => (shader::decode_merge_source(d, t), &self.merge_layout, "main"),
             Kernel::Append(d) => (shader::kv_append_source(d, t), &self.append_layout, "append"),
             Kernel::Advance(d) => (shader::kv_append_source(d, t), &self.append_layout, "advance"),
         };
         let scope = error_scope(&self.device);
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("sbattn decode"),
-            source: wgpu::ShaderSource::Wgsl(source.into()),
-        });
+        let desc = wgpu::ShaderModuleDescriptor { label: Some("sbattn decode"), source: wgpu::ShaderSource::Wgsl(source.into()) };
+        // SAFETY: every loop of the decode, merge and append kernels ends: their trip counts
+        // are bounded by the validated call (chunk and slot lengths, splits, head dim, tokens);
+        // `Off` only after the caller opted in through `without_runtime_checks`.
+        let module = unsafe { self.checks.create_module(&self.device, desc) };
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some("sbattn decode"),
             layout: Some(&layout.pipeline),
             module: &module,
             entry_point: Some(entry),
-            compilation_options: Default::default(),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                // Every kernel writes its workgroup memory before reading it (decode.wgsl: the
+                // query tile, then the slot merge's first round stores; decode_merge.wgsl: each
+                // scan and sum; decode_shared.wgsl: each lane sum), so the zero fill that
+                // would start every workgroup is skipped.
+                zero_initialize_workgroup_memory: false,
+            },
             cache: None,
         });
         scope.finish()?;
@@ -1035,16 +1220,19 @@ impl Decoder {
                 tensor::check_disjoint((name, out, true), (input, b, false))?;
             }
         }
-        let aligned = |b: &Binding<'_>| b.offset.is_multiple_of(4) && b.strides.iter().all(|s| s.is_multiple_of(4));
-        let vec_loads = desc.head_dim.is_multiple_of(4) && aligned(&k) && aligned(&v);
+        // Loads may be as wide as the largest power of two (up to 8) dividing the head dim and
+        // every element offset and stride of both caches.
+        let bits = [k.offset, v.offset, desc.head_dim].into_iter().chain(k.strides).chain(v.strides).fold(0, |a, x| a | x);
+        let widest = Load::widest(desc.dtype, 1 << bits.trailing_zeros().min(3));
         let group = s.heads / s.kv_heads;
         let rows_needed = group.saturating_mul(n);
-        let variant = choose_variant(&self.caps, desc.dtype, desc.head_dim, rows_needed, vec_loads, call.path, call.lanes_per_key)?;
+        let forced = Forced { lanes: call.lanes_per_key, load: call.load, keys_per_step: call.keys_per_step };
+        let variant = choose_variant(&self.caps, desc.dtype, desc.head_dim, rows_needed, widest, call.path, forced)?;
         let row_blocks = rows_needed.div_ceil(variant.rows);
         let ac = (call.mask == Mask::IncludeCurrent) as u32;
         let max_keys = cache.host_lengths.iter().map(|len| len - 1 + ac).max().unwrap_or(0);
         let base = s.batch.saturating_mul(s.kv_heads).saturating_mul(row_blocks);
-        let splits = call.splits.unwrap_or_else(|| choose_splits(&self.caps, base, max_keys, variant.key_slots()));
+        let splits = call.splits.unwrap_or_else(|| choose_splits(&self.caps, base, max_keys, &variant));
         let y = s.kv_heads as u64 * row_blocks as u64;
         for (what, value) in [("kv heads x row blocks (dispatch y)", y), ("batch (dispatch z)", s.batch as u64), ("heads x new tokens (merge dispatch x)", s.heads as u64 * n as u64)] {
             if value > lim as u64 {
@@ -1058,7 +1246,7 @@ impl Decoder {
         if scratch.0 > max_bind || o_vec4s > u32::MAX as u64 {
             return Err(Error::Limit { what: "decode partial outputs (bytes)", value: scratch.0, limit: max_bind });
         }
-        let unit = if vec_loads { 4 } else { 1 };
+        let unit = variant.load.elements();
         let flags = if ac == 1 { FLAG_ATTEND_CURRENT } else { 0 }
             | (mode << REM_SHIFT)
             | if call.log_rem.is_some() { FLAG_WRITE_LOG_REM } else { 0 }
@@ -1077,7 +1265,8 @@ impl Decoder {
             v: addressing(&v, unit),
             scale,
             log_eps: if eps > 0.0 { eps.ln() } else { 0.0 },
-            _pad: [0; 2],
+            capacity: desc.capacity,
+            _pad: 0,
         };
         let merge = MergeParams {
             h: s.heads,
@@ -1087,13 +1276,13 @@ impl Decoder {
             dp4,
             group,
             flags,
-            _pad0: 0,
+            capacity: desc.capacity,
             o: addressing(&o, 1),
             v: addressing(&v, 1),
             rem_off: rem.offset,
             lrem_off: log_rem.offset,
             bias_off: bias.offset,
-            _pad1: 0,
+            cw: s.head_dim.div_ceil(4).next_power_of_two().min(MERGE_WG),
         };
         let plan = DecodePlan { variant, splits, row_blocks, workgroups: [splits, y as u32, s.batch] };
         Ok(Prepared { plan, decode, merge, inputs: [q, k, v], outputs: [o, rem, log_rem, bias], scratch })

@@ -2,7 +2,7 @@
 //! as they are in `shaders/`.
 
 use crate::config::Variant;
-use crate::decode::DecodeVariant;
+use crate::decode::{DecodeVariant, Load};
 use crate::{Dtype, Path};
 
 const FORWARD: &str = include_str!("../shaders/forward.wgsl");
@@ -12,6 +12,7 @@ const SCAN_SUBGROUP: &str = include_str!("../shaders/scan_subgroup.wgsl");
 const SCAN_SHARED: &str = include_str!("../shaders/scan_shared.wgsl");
 const STICK: &str = include_str!("../shaders/stick.wgsl");
 const DECODE: &str = include_str!("../shaders/decode.wgsl");
+const DECODE_LOAD_VEC8: &str = include_str!("../shaders/decode_load_vec8.wgsl");
 const DECODE_LOAD_VEC: &str = include_str!("../shaders/decode_load_vec.wgsl");
 const DECODE_LOAD_SCALAR: &str = include_str!("../shaders/decode_load_scalar.wgsl");
 const DECODE_SUBGROUP: &str = include_str!("../shaders/decode_subgroup.wgsl");
@@ -82,11 +83,17 @@ fn prelude(name: &str, dtype: Dtype, path: Path, target: Target, consts: &[(&str
     s
 }
 
-/// Complete WGSL of the decode (split-K partial) kernel `variant` for `target`.
+/// Complete WGSL of the decode (split-K partial) kernel `variant` for `target` (the same for
+/// every `keys_per_step`: the pipeline sets it as the overridable constant `U`).
 pub fn decode_source(variant: &DecodeVariant, target: Target) -> String {
-    let consts = [("P", variant.lanes), ("M", variant.cols), ("R", variant.rows)];
+    // `keys_per_step` is not here: it is the pipeline-overridable constant `U`.
+    let consts = [("P", variant.lanes), ("M", variant.cols), ("R", variant.rows), ("W", variant.load.vec4s())];
     let mut s = prelude(&format!("decode {variant:?}"), variant.dtype, variant.path, target, &consts);
-    let load = if variant.vec_loads { DECODE_LOAD_VEC } else { DECODE_LOAD_SCALAR };
+    let load = match variant.load {
+        Load::Vec8 => DECODE_LOAD_VEC8,
+        Load::Vec4 => DECODE_LOAD_VEC,
+        Load::Scalar => DECODE_LOAD_SCALAR,
+    };
     let reduce = if variant.path == Path::Subgroup { DECODE_SUBGROUP } else { DECODE_SHARED };
     for part in [DECODE, STICK, load, reduce] {
         s.push_str(part);

@@ -19,10 +19,10 @@
 mod common;
 
 use common::{compare, Rng};
-use sbattn::decode::{CacheTensor, DecodePlan};
+use sbattn::decode::{CacheTensor, DecodePlan, Load};
 use sbattn::{
     from_bytes, readback_later, reference, round_to, to_bytes, Append, Attention, BufferRef, Decode, Decoder, Dtype,
-    Error, HostRemainder, KvCache, KvCacheDesc, Layout, Mask, Path, Remainder, Shape, Strides, TensorRef,
+    Error, HostRemainder, KvCache, KvCacheDesc, Layout, Mask, Path, Remainder, ShaderChecks, Shape, Strides, TensorRef,
 };
 
 const F32_TOL: f64 = 2e-5;
@@ -30,8 +30,19 @@ const F16_TOL: f64 = 3e-3;
 const SPLIT_TOL: f64 = 1e-5;
 
 fn decoder(attn: &Attention) -> &'static Decoder {
-    static DEC: std::sync::OnceLock<Decoder> = std::sync::OnceLock::new();
-    DEC.get_or_init(|| Decoder::new(attn.device()))
+    decoder_with(attn, ShaderChecks::Bounds)
+}
+
+/// The shared decoder compiling with `checks` (one per mode).
+fn decoder_with(attn: &Attention, checks: ShaderChecks) -> &'static Decoder {
+    use std::sync::OnceLock;
+    static DEC: [OnceLock<Decoder>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    match checks {
+        ShaderChecks::Bounds => DEC[0].get_or_init(|| Decoder::new(attn.device())),
+        ShaderChecks::Full => DEC[1].get_or_init(|| Decoder::new(attn.device()).with_full_runtime_checks()),
+        // SAFETY: the decoder's calls are validated on the host; this is what the tests check.
+        ShaderChecks::Off => DEC[2].get_or_init(|| unsafe { Decoder::new(attn.device()).without_runtime_checks() }),
+    }
 }
 
 fn tol(dtype: Dtype) -> f64 {
@@ -64,6 +75,9 @@ struct Case {
     path: Path,
     splits: Option<u32>,
     lanes: Option<u32>,
+    load: Option<Load>,
+    keys_per_step: Option<u32>,
+    checks: ShaderChecks,
     rem: Rem,
     eps: f32,
     cache_layout: Layout,
@@ -88,6 +102,9 @@ impl Case {
             path: Path::Auto,
             splits: None,
             lanes: None,
+            load: None,
+            keys_per_step: None,
+            checks: ShaderChecks::Bounds,
             rem: Rem::Return,
             eps: 0.0,
             cache_layout: Layout::Bhtd,
@@ -203,7 +220,7 @@ fn make_cache(attn: &Attention, case: &Case) -> KvCache {
 
 /// Runs `case` on the GPU: one encoder, one submit.
 fn run(attn: &Attention, case: &Case, seqs: &[Seq], bias: &[f32]) -> Result<Outputs, Error> {
-    let dec = decoder(attn);
+    let dec = decoder_with(attn, case.checks);
     let (bsz, h, hk, d, dt) = (case.batch(), case.heads, case.kv_heads, case.head_dim, case.dtype);
     let mut cache = make_cache(attn, case);
     let mut encoder = attn.device().create_command_encoder(&Default::default());
@@ -246,6 +263,8 @@ fn run(attn: &Attention, case: &Case, seqs: &[Seq], bias: &[f32]) -> Result<Outp
         call.path = case.path;
         call.splits = case.splits;
         call.lanes_per_key = case.lanes;
+        call.load = case.load;
+        call.keys_per_step = case.keys_per_step;
         call.early_exit_eps = case.eps;
         call.log_rem = Some(BufferRef::new(&lremd).at_offset(region));
         call.remainder = match case.rem {
@@ -406,9 +425,76 @@ fn odd_and_largest_head_dims() {
     let attn = gpu_or_skip!();
     let case = Case { prefill: vec![70], steps: vec![2, 2], ..Case::new(1, 3, 3, 50, Dtype::F32, Mask::Strict) };
     let out = check(attn, &case);
-    assert!(!out.plans[0].variant.vec_loads);
+    assert_eq!(out.plans[0].variant.load, Load::Scalar);
     // The largest head dim: 8 vec4s per lane at 8 lanes.
     check(attn, &Case { head_dim: 256, dtype: Dtype::F16, ..case });
+}
+
+/// Forced kernels: every load width, several lane counts and keys per step, on lengths that
+/// leave key slots empty, shorter than one step, or ending part way through a step; each
+/// matches the reference and runs as forced. Lane counts above the adapter's subgroups run on
+/// the shared-memory path.
+#[test]
+fn forced_variants_match_reference() {
+    let attn = gpu_or_skip!();
+    // (dtype, load, lanes, keys per step, path)
+    let variants = [
+        (Dtype::F16, Load::Vec8, 8, 8, Path::Auto),
+        (Dtype::F16, Load::Vec8, 16, 2, Path::SharedMemory),
+        (Dtype::F16, Load::Vec4, 8, 4, Path::Auto),
+        (Dtype::F16, Load::Scalar, 8, 2, Path::Auto),
+        (Dtype::F32, Load::Vec4, 32, 4, Path::SharedMemory),
+    ];
+    for (dtype, load, lanes, keys, path) in variants {
+        let mut case = Case::new(2, 4, 2, 40, dtype, Mask::IncludeCurrent);
+        // 301 keys over 8 to 32 slots: 10 to 38 keys each, not multiples of the step; the
+        // second sequence's 39 keys leave slots empty or with one or two keys.
+        case.prefill = vec![300, 37];
+        case.steps = vec![1, 1];
+        (case.load, case.lanes, case.keys_per_step, case.path) = (Some(load), Some(lanes), Some(keys), path);
+        for splits in [Some(1), Some(3)] {
+            let out = check(attn, &Case { splits, ..case.clone() });
+            let v = out.plans[0].variant;
+            assert_eq!((v.load, v.lanes, v.keys_per_step), (load, lanes, keys), "{case:?}");
+        }
+    }
+}
+
+/// Kernels compiled with every wgpu runtime check (loop bounding too) and with none compute
+/// what the default (index clamping) does.
+#[test]
+fn shader_check_modes() {
+    let attn = gpu_or_skip!();
+    for checks in [ShaderChecks::Full, ShaderChecks::Off] {
+        let base = Case::new(2, 4, 2, 40, Dtype::F16, Mask::Strict);
+        check(attn, &Case { prefill: vec![50, 9], steps: vec![1, 1], keys_per_step: Some(4), checks, ..base });
+    }
+}
+
+/// What the choosers give a large GPU (an H200's adapter: subgroups of 32, f16, 48 KiB of
+/// workgroup memory) at the benchmark's shape, H = 32, Hkv = 8, D = 128, one new token: the
+/// query group in one block, 16-byte loads, 16 lanes, 4 keys per step; and the splits.
+#[test]
+fn choices_for_a_large_gpu() {
+    use sbattn::decode::{choose_splits, choose_variant, DecodeVariant, Forced};
+    let attn = gpu_or_skip!();
+    let mut caps = decoder(attn).capabilities().clone();
+    caps.adapter.device_type = wgpu::DeviceType::DiscreteGpu;
+    (caps.adapter.subgroup_min_size, caps.adapter.subgroup_max_size) = (32, 32);
+    caps.features |= wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16;
+    caps.limits.max_compute_workgroup_storage_size = 48 << 10;
+    let v = choose_variant(&caps, Dtype::F16, 128, 4, Load::Vec8, Path::Auto, Forced::default()).expect("variant");
+    let want = DecodeVariant { dtype: Dtype::F16, path: Path::Subgroup, load: Load::Vec8, lanes: 16, cols: 2, rows: 4, keys_per_step: 4 };
+    assert_eq!(v, want);
+    // Only 8-byte loads allowed (a cache stride of 4 elements): the same layout in two loads
+    // per row and lane (8 lanes would hold 16 accumulators).
+    let v4 = choose_variant(&caps, Dtype::F16, 128, 4, Load::Vec4, Path::Auto, Forced::default()).expect("variant");
+    assert_eq!(v4, DecodeVariant { load: Load::Vec4, ..want });
+    // (batch, cache length, splits): 1024 workgroups where the keys allow, at least 4 steps
+    // of 4 keys per slot (256 keys per workgroup).
+    for (b, len, splits) in [(1, 4096, 16), (1, 32768, 128), (1, 131072, 128), (8, 4096, 16), (8, 131072, 16), (32, 131072, 4)] {
+        assert_eq!(choose_splits(&caps, b * 8, len, &v), splits, "B {b} L {len}");
+    }
 }
 
 #[test]
@@ -515,7 +601,7 @@ fn cache_on_caller_buffers() {
     dec.append(&mut enc, &mut cache, &Append::new(TensorRef::bthd(&kb, t, hk, d), TensorRef::bthd(&vb, t, hk, d), t)).expect("append");
     let qlast = TensorRef::bthd(&qb, t, h, d).at_offset(((t - 1) * h * d) as u64);
     let call = Decode { mask: Mask::IncludeCurrent, ..Decode::new(&cache, h, 1, qlast, TensorRef::bthd(&ob, 1, h, d)) };
-    assert!(!dec.plan(&call).expect("plan").variant.vec_loads || tok % 4 == 0);
+    assert_eq!(dec.plan(&call).expect("plan").variant.load, Load::Vec4, "84-element token stride, f32");
     dec.decode(&mut enc, &call).expect("decode");
     let got = read(attn, enc, &[(&ob, (b * h * d) as u64 * 4, Dtype::F32)]).remove(0);
     let shape = Shape::new(b, t, h, d).with_kv_heads(hk);
@@ -538,6 +624,17 @@ fn params_layout_matches_wgsl() {
         assert_eq!(wgsl, fields, "{kernel}");
         assert_eq!(*span as usize, size, "{kernel}");
     }
+}
+
+/// The read-bandwidth probe of `examples/bench_decode.rs` (not a library kernel, so not in
+/// `shader::all_sources`) parses and validates.
+#[test]
+fn read_probe_validates() {
+    let src = include_str!("../shaders/decode_read_probe.wgsl");
+    let module = naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{}", e.emit_to_string(src)));
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{}", e.emit_to_string(src)));
 }
 
 /// A small valid setup for the bad-input tests: cache of 2 sequences holding 3 tokens.
@@ -600,6 +697,9 @@ fn bad_decode_inputs_are_errors() {
     assert!(param("splits", &decode_err(attn, &Decode { splits: Some(0), ..base(1) })));
     assert!(param("splits", &decode_err(attn, &Decode { splits: Some(1 << 20), ..base(1) })));
     assert!(param("lanes_per_key", &decode_err(attn, &Decode { lanes_per_key: Some(12), ..base(1) })));
+    assert!(param("keys_per_step", &decode_err(attn, &Decode { keys_per_step: Some(3), ..base(1) })));
+    // An f32 cache has no 8-element loads; an odd head stride allows only scalar ones.
+    assert!(param("load", &decode_err(attn, &Decode { load: Some(Load::Vec8), ..base(1) })));
     let min_sg = decoder(attn).capabilities().adapter.subgroup_min_size;
     if min_sg < 64 {
         let e = decode_err(attn, &Decode { lanes_per_key: Some(64), path: Path::Subgroup, ..base(1) });

@@ -9,7 +9,10 @@ use sbattn::shader::{all_sources, Target};
 
 fn validate(name: &str, src: &str) -> (naga::Module, naga::valid::ModuleInfo) {
     let module = naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));
-    let caps = Capabilities::SUBGROUP | Capabilities::SHADER_FLOAT16 | Capabilities::COOPERATIVE_MATRIX;
+    let caps = Capabilities::SUBGROUP
+        | Capabilities::SHADER_FLOAT16
+        | Capabilities::SHADER_FLOAT16_IN_FLOAT32
+        | Capabilities::COOPERATIVE_MATRIX;
     let info = Validator::new(ValidationFlags::all(), caps)
         .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
         .subgroup_operations(SubgroupOperationSet::all())
@@ -30,6 +33,10 @@ fn every_variant_validates_and_translates() {
     let mut glsl_ok = 0;
     for (name, src) in &sources {
         let (module, info) = validate(name, src);
+        // The decode kernel has an overridable constant (keys per step): translate with its
+        // default, as a pipeline would with its value.
+        let (module, info) = naga::back::pipeline_constants::process_overrides(&module, &info, None, &Default::default())
+            .unwrap_or_else(|e| panic!("{name}: overrides: {e}"));
         let (stage, ep) = entry(&module);
 
         let spv_opts = naga::back::spv::Options { lang_version: (1, 3), ..Default::default() };
