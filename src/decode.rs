@@ -84,8 +84,10 @@ const LOAD_REGISTERS: u32 = 32;
 const MERGE_BUFFER_VEC4: u32 = 512;
 /// Most chunks per sequence a caller may force.
 const MAX_SPLITS: u32 = 4096;
-/// Most chunks the automatic choice makes: the merge reads `splits` partial rows per query.
-const AUTO_MAX_SPLITS: u32 = 256;
+/// Most chunks the automatic choice makes. Measured on an H200 (BENCHMARKS.md, 2026-11-29):
+/// at B = 1 (8 kv heads), 32 chunks beat 128 by 8-20% at caches of 32768 and 131072 keys, and
+/// the longer chunks never lost at B = 8 or 32; the merge also reads `splits` rows per query.
+const AUTO_MAX_SPLITS: u32 = 32;
 /// Fewest steps (of `keys_per_step` keys) each key slot of a workgroup should walk, so that
 /// the workgroup's fixed costs (query tile, slot merge with its barriers, partial rows) stay
 /// small next to the loads.
