@@ -1,13 +1,13 @@
 //! The host side of the forward kernel: device setup, the pipeline cache, validation and
 //! recording into the caller's encoder.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use wgpu::util::DeviceExt;
 
 use crate::config::{self, Capabilities, Variant};
 use crate::params::{ForwardParams, FLAG_ATTEND_CURRENT, FLAG_EARLY_EXIT, FLAG_WRITE_LOG_REM, REM_SHIFT};
+use crate::pipelines::{PipelineSpec, Pipelines, ShaderChecks};
 use crate::shader::{self, Target};
 use crate::tensor::{self, Axis, Binding, BufferRef, TensorRef};
 use crate::{Dtype, Error, Mask, Path, Result, Shape};
@@ -93,39 +93,6 @@ impl<'a> Forward<'a> {
     }
 }
 
-/// Which of wgpu's runtime checks the kernels are compiled with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ShaderChecks {
-    /// Everything wgpu offers: index clamping and loop bounding.
-    Full,
-    /// Index clamping, no loop bounding (the default): every loop of the kernels has a trip
-    /// count bounded by the validated call, and loop bounding measurably slows their inner
-    /// loops on real GPUs (see BENCHMARKS.md).
-    Bounds,
-    /// Nothing (see [`Attention::without_runtime_checks`]).
-    Off,
-}
-
-impl ShaderChecks {
-    /// Compiles `desc` with these checks.
-    ///
-    /// # Safety
-    /// Below `Full`: every loop of the kernel must end (wgpu's loop bounding is off). `Off`:
-    /// also no index of the kernel may leave its binding or array, whatever the call.
-    pub(crate) unsafe fn create_module(self, device: &wgpu::Device, desc: wgpu::ShaderModuleDescriptor<'_>) -> wgpu::ShaderModule {
-        match self {
-            ShaderChecks::Full => device.create_shader_module(desc),
-            // SAFETY: the caller's loops end; index clamping stays on.
-            ShaderChecks::Bounds => unsafe {
-                let checks = wgpu::ShaderRuntimeChecks { force_loop_bounding: false, ..wgpu::ShaderRuntimeChecks::checked() };
-                device.create_shader_module_trusted(desc, checks)
-            },
-            // SAFETY: the caller keeps every index in range.
-            ShaderChecks::Off => unsafe { device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) },
-        }
-    }
-}
-
 /// Stick-breaking attention on one wgpu device: its capabilities, the kernels compiled so
 /// far, and the calls that record work into the caller's encoders.
 ///
@@ -140,9 +107,7 @@ pub struct Attention {
     /// Bound where a call has no rem / log_rem / bias buffer (one each: a buffer may not be
     /// bound writable and read-only in one dispatch).
     dummies: [wgpu::Buffer; 3],
-    pipelines: Mutex<HashMap<Variant, Arc<wgpu::ComputePipeline>>>,
-    /// Runtime checks of the kernels compiled from now on.
-    checks: ShaderChecks,
+    pipelines: Pipelines<Variant>,
 }
 
 /// Buffers bound where a call has no rem / log_rem / bias buffer (one each: a buffer may not
@@ -216,16 +181,15 @@ impl Attention {
             layout,
             pipeline_layout,
             dummies,
-            pipelines: Mutex::new(HashMap::new()),
-            checks: ShaderChecks::Bounds,
+            pipelines: Pipelines::new(device),
         }
     }
 
     /// Compiles kernels from now on with every wgpu runtime check, loop bounding included
     /// (the default keeps index clamping but not loop bounding; see [`ShaderChecks`]).
     pub fn with_full_runtime_checks(mut self) -> Self {
-        self.checks = ShaderChecks::Full;
-        self.pipelines = Mutex::new(HashMap::new());
+        // SAFETY: more checks than the default.
+        unsafe { self.pipelines.set_checks(ShaderChecks::Full) };
         self
     }
 
@@ -238,14 +202,14 @@ impl Attention {
     /// is in range by construction; the default keeps wgpu's index clamping as a second line
     /// of defence. The tests run both.
     pub unsafe fn without_runtime_checks(mut self) -> Self {
-        self.checks = ShaderChecks::Off;
-        self.pipelines = Mutex::new(HashMap::new());
+        // SAFETY: the caller opted in, as this function's contract says.
+        unsafe { self.pipelines.set_checks(ShaderChecks::Off) };
         self
     }
 
     /// The runtime checks kernels are compiled with.
     pub fn shader_checks(&self) -> ShaderChecks {
-        self.checks
+        self.pipelines.checks()
     }
 
     /// Features and limits to request from `adapter` for the fastest paths it has: f16,
@@ -331,32 +295,14 @@ impl Attention {
     /// [`Error::Device`] if the device rejects the shader (a bug: every variant is validated
     /// by naga in the tests).
     pub fn pipeline(&self, variant: &Variant) -> Result<Arc<wgpu::ComputePipeline>> {
-        let mut cache = self.pipelines.lock().map_err(|_| Error::Device("pipeline cache poisoned".into()))?;
-        if let Some(p) = cache.get(variant) {
-            return Ok(p.clone());
-        }
-        let source = shader::forward_source(variant, Target::current());
-        let scope = error_scope(&self.device);
-        let desc = wgpu::ShaderModuleDescriptor {
-            label: Some("sbattn forward"),
-            source: wgpu::ShaderSource::Wgsl(source.into()),
-        };
-        // SAFETY: every loop of the forward kernels ends: their trip counts are bounded by the
-        // validated call parameters (tiles of T, head-dim chunks, lanes); `Off` only after the
-        // caller opted in through `without_runtime_checks`.
-        let module = unsafe { self.checks.create_module(&self.device, desc) };
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some("sbattn forward"),
-            layout: Some(&self.pipeline_layout),
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: Default::default(),
-            cache: None,
-        });
-        scope.finish()?;
-        let p = Arc::new(pipeline);
-        cache.insert(*variant, p.clone());
-        Ok(p)
+        self.pipelines.get(*variant, || PipelineSpec {
+            label: "sbattn forward",
+            source: shader::forward_source(variant, Target::current()),
+            layout: &self.pipeline_layout,
+            entry: "main",
+            constants: Vec::new(),
+            zero_workgroup_memory: true,
+        })
     }
 
     /// Validates `call` and records its dispatch into `encoder`.
@@ -551,27 +497,5 @@ pub(crate) async fn pick_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adap
             .request_adapter(&wgpu::RequestAdapterOptions::default())
             .await
             .map_err(|e| Error::NoAdapter(e.to_string()))
-    }
-}
-
-/// Captures validation errors of pipeline creation as [`Error::Device`] on native targets
-/// (where popping the scope is immediate); on the web they reach the console.
-pub(crate) struct Scope(#[allow(dead_code)] Option<wgpu::ErrorScopeGuard>);
-
-pub(crate) fn error_scope(device: &wgpu::Device) -> Scope {
-    if cfg!(target_arch = "wasm32") {
-        Scope(None)
-    } else {
-        Scope(Some(device.push_error_scope(wgpu::ErrorFilter::Validation)))
-    }
-}
-
-impl Scope {
-    pub(crate) fn finish(self) -> Result<()> {
-        #[cfg(not(target_arch = "wasm32"))]
-        if let Some(e) = self.0.and_then(|guard| pollster::block_on(guard.pop())) {
-            return Err(Error::Device(e.to_string()));
-        }
-        Ok(())
     }
 }

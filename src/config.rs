@@ -25,6 +25,28 @@ pub struct Capabilities {
     /// Cooperative-matrix configurations of the adapter (empty when unknown: a device given
     /// without its adapter).
     pub cooperative_matrices: Vec<wgpu::CooperativeMatrixProperties>,
+    /// Profiling and tuning runs only, read once from the environment when the capabilities
+    /// are read (never on the per-call path): `SBATTN_PROFILE_SKIP` (see
+    /// [`Variant::profile_skip`]) and `SBATTN_COOP_BLOCK_N` (32 or 64 keys per tensor-core tile).
+    #[doc(hidden)]
+    pub tuning: Tuning,
+}
+
+/// Experiment knobs (see [`Capabilities::tuning`]); the defaults are what ships.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tuning {
+    pub profile_skip: u32,
+    pub coop_block_n: Option<u32>,
+}
+
+impl Tuning {
+    fn from_env() -> Self {
+        Tuning {
+            profile_skip: env_u32("SBATTN_PROFILE_SKIP").unwrap_or(0),
+            coop_block_n: env_u32("SBATTN_COOP_BLOCK_N").filter(|n| [32, 64].contains(n)),
+        }
+    }
 }
 
 impl Capabilities {
@@ -36,6 +58,7 @@ impl Capabilities {
             features: device.features(),
             limits: device.limits(),
             cooperative_matrices: adapter.map(|a| a.cooperative_matrix_properties()).unwrap_or_default(),
+            tuning: Tuning::from_env(),
         }
     }
 
@@ -121,7 +144,7 @@ pub struct Variant {
     pub tiles: TileConfig,
     /// Profiling only: stages the kernel skips (bit 0 the score product, bit 1 the scan, bit
     /// 2 the value product), giving wrong results on purpose so that timing each variant
-    /// shows where the time goes. Set from `SBATTN_PROFILE_SKIP`; 0 otherwise.
+    /// shows where the time goes. From [`Capabilities::tuning`]; 0 otherwise.
     #[doc(hidden)]
     pub profile_skip: u32,
 }
@@ -213,10 +236,7 @@ pub fn choose(caps: &Capabilities, dtype: Dtype, head_dim: u32, requested: Path,
         p => p,
     };
     let tiles = match path {
-        // SBATTN_COOP_BLOCK_N (32 or 64) overrides the key tile, for tuning runs.
-        Path::CooperativeMatrix => {
-            coop_tiles(head_dim, env_u32("SBATTN_COOP_BLOCK_N").filter(|n| [32, 64].contains(n)).unwrap_or(COOP_BLOCK_N))
-        }
+        Path::CooperativeMatrix => coop_tiles(head_dim, caps.tuning.coop_block_n.unwrap_or(COOP_BLOCK_N)),
         _ => portable_tiles(head_dim),
     };
     let l = &caps.limits;
@@ -230,7 +250,7 @@ pub fn choose(caps: &Capabilities, dtype: Dtype, head_dim: u32, requested: Path,
             return Err(Error::Limit { what, value: value as u64, limit: limit as u64 });
         }
     }
-    Ok(Variant { dtype, path, tiles, profile_skip: env_u32("SBATTN_PROFILE_SKIP").unwrap_or(0) })
+    Ok(Variant { dtype, path, tiles, profile_skip: caps.tuning.profile_skip })
 }
 
 /// Every forward variant the crate can build, for offline validation.

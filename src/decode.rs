@@ -42,13 +42,13 @@
 //! ([`crate::ShaderChecks`]; see [`Decoder::with_full_runtime_checks`] and
 //! [`Decoder::without_runtime_checks`]).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytemuck::{Pod, Zeroable};
 use wgpu::util::DeviceExt;
 
-use crate::attention::{error_scope, remainder_bindings, storage_entry, unused_bindings, Remainder, ShaderChecks};
+use crate::attention::{remainder_bindings, storage_entry, unused_bindings, Remainder};
+use crate::pipelines::{PipelineSpec, Pipelines, ShaderChecks};
 use crate::config::{Capabilities, WORKGROUP_SIZE};
 use crate::params::{FLAG_ATTEND_CURRENT, FLAG_WRITE_LOG_REM, REM_SHIFT};
 use crate::shader::{self, Target};
@@ -854,10 +854,8 @@ pub struct Decoder {
     append_layout: KernelLayout,
     /// Bound where a call has no rem / log_rem / bias buffer.
     dummies: [wgpu::Buffer; 3],
-    pipelines: Mutex<HashMap<Kernel, Arc<wgpu::ComputePipeline>>>,
+    pipelines: Pipelines<Kernel>,
     scratch: Mutex<Option<Scratch>>,
-    /// Runtime checks of the kernels compiled from now on.
-    checks: ShaderChecks,
 }
 
 /// A validated decode call: plan, parameters and bindings.
@@ -888,9 +886,8 @@ impl Decoder {
             // counts read; lengths written; k, v new read; k, v cache written.
             append_layout: KernelLayout::new(device, "sbattn kv append", &[true, false, true, true, false, false]),
             dummies,
-            pipelines: Mutex::new(HashMap::new()),
+            pipelines: Pipelines::new(device),
             scratch: Mutex::new(None),
-            checks: ShaderChecks::Bounds,
         }
     }
 
@@ -898,8 +895,8 @@ impl Decoder {
     /// (the default keeps index clamping but not loop bounding, as
     /// [`crate::Attention`] does; see [`ShaderChecks`]).
     pub fn with_full_runtime_checks(mut self) -> Self {
-        self.checks = ShaderChecks::Full;
-        self.pipelines = Mutex::new(HashMap::new());
+        // SAFETY: more checks than the default.
+        unsafe { self.pipelines.set_checks(ShaderChecks::Full) };
         self
     }
 
@@ -913,14 +910,14 @@ impl Decoder {
     /// in range by construction; the default keeps wgpu's index clamping as a second line of
     /// defence. The tests run both.
     pub unsafe fn without_runtime_checks(mut self) -> Self {
-        self.checks = ShaderChecks::Off;
-        self.pipelines = Mutex::new(HashMap::new());
+        // SAFETY: the caller opted in, as this function's contract says.
+        unsafe { self.pipelines.set_checks(ShaderChecks::Off) };
         self
     }
 
     /// The runtime checks kernels are compiled with.
     pub fn shader_checks(&self) -> ShaderChecks {
-        self.checks
+        self.pipelines.checks()
     }
 
     /// What the device offers.
@@ -929,49 +926,30 @@ impl Decoder {
     }
 
     fn pipeline(&self, kernel: Kernel) -> Result<Arc<wgpu::ComputePipeline>> {
-        let mut cache = self.pipelines.lock().map_err(|_| Error::Device("pipeline cache poisoned".into()))?;
-        if let Some(p) = cache.get(&kernel) {
-            return Ok(p.clone());
-        }
-        let t = Target::current();
-        // The partial kernel's keys per step is its overridable constant `U`.
-        let keys_per_step;
-        let mut constants: &[(&str, f64)] = &[];
-        let (source, layout, entry) = match kernel {
-            Kernel::Decode(v) => {
-                keys_per_step = [("U", v.keys_per_step as f64)];
-                constants = &keys_per_step;
-                (shader::decode_source(&v, t), &self.decode_layout, "main")
-            }
-            Kernel::Merge(d) => (shader::decode_merge_source(d, t), &self.merge_layout, "main"),
-            Kernel::Append(d) => (shader::kv_append_source(d, t), &self.append_layout, "append"),
-            Kernel::Advance(d) => (shader::kv_append_source(d, t), &self.append_layout, "advance"),
-        };
-        let scope = error_scope(&self.device);
-        let desc = wgpu::ShaderModuleDescriptor { label: Some("sbattn decode"), source: wgpu::ShaderSource::Wgsl(source.into()) };
-        // SAFETY: every loop of the decode, merge and append kernels ends: their trip counts
-        // are bounded by the validated call (chunk and slot lengths, splits, head dim, tokens);
-        // `Off` only after the caller opted in through `without_runtime_checks`.
-        let module = unsafe { self.checks.create_module(&self.device, desc) };
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some("sbattn decode"),
-            layout: Some(&layout.pipeline),
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
+        self.pipelines.get(kernel, || {
+            let t = Target::current();
+            // The partial kernel's keys per step is its overridable constant `U`.
+            let (source, layout, entry, constants) = match kernel {
+                Kernel::Decode(v) => {
+                    (shader::decode_source(&v, t), &self.decode_layout, "main", vec![("U", v.keys_per_step as f64)])
+                }
+                Kernel::Merge(d) => (shader::decode_merge_source(d, t), &self.merge_layout, "main", vec![]),
+                Kernel::Append(d) => (shader::kv_append_source(d, t), &self.append_layout, "append", vec![]),
+                Kernel::Advance(d) => (shader::kv_append_source(d, t), &self.append_layout, "advance", vec![]),
+            };
+            PipelineSpec {
+                label: "sbattn decode",
+                source,
+                layout: &layout.pipeline,
+                entry,
                 constants,
                 // Every kernel writes its workgroup memory before reading it (decode.wgsl: the
                 // query tile, then the slot merge's first round stores; decode_merge.wgsl: each
                 // scan and sum; decode_shared.wgsl: each lane sum), so the zero fill that
                 // would start every workgroup is skipped.
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: None,
-        });
-        scope.finish()?;
-        let p = Arc::new(pipeline);
-        cache.insert(kernel, p.clone());
-        Ok(p)
+                zero_workgroup_memory: false,
+            }
+        })
     }
 
     /// Validates `call` and records its two dispatches (copy, then length update) into

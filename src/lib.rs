@@ -28,12 +28,14 @@ pub mod decode;
 mod error;
 mod host;
 pub mod params;
+mod pipelines;
 pub mod reference;
 pub mod shader;
 mod tensor;
 mod types;
 
-pub use attention::{Attention, Forward, Remainder, ShaderChecks};
+pub use attention::{Attention, Forward, Remainder};
+pub use pipelines::ShaderChecks;
 pub use config::{Capabilities, TileConfig, Variant};
 pub use decode::{Append, Decode, Decoder, KvCache, KvCacheDesc};
 pub use error::{Error, Result};
