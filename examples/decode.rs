@@ -1,6 +1,6 @@
 //! A toy generation loop: several layers of stick-breaking attention with random weights.
 //! The prompt is prefilled with [`Attention::forward`] (keys and values appended to each layer's
-//! KV cache), then tokens are decoded one at a time with [`Decoder::decode`]; prints the
+//! KV cache), then tokens are decoded one at a time with [`Attention::decode`]; prints the
 //! prefill time, per-token latency and tokens/s.
 //!
 //! `cargo run --release --example decode -- [--layers 4] [--batch 2] [--prompt 64] [--tokens 32]`
@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use sbattn::{Append, Attention, Decode, Decoder, Dtype, Forward, KvCache, KvCacheDesc, Mask, Remainder, Shape, TensorRef};
+use sbattn::{Append, Attention, Decode, Dtype, Forward, KvCache, KvCacheDesc, Mask, Remainder, Shape, TensorRef};
 use wgpu::util::DeviceExt;
 
 /// The toy model's own kernels: `linear` (y = x W, or y += x W) and an in-place RMS norm.
@@ -211,7 +211,6 @@ impl Layer {
 /// The toy model: layers, their caches, and the activations of one call.
 struct Model<'a> {
     attn: &'a Attention,
-    dec: Decoder,
     toy: Toy,
     layers: Vec<Layer>,
     /// Random prompt embeddings, `[B, P, Dm]` (never written).
@@ -234,16 +233,13 @@ impl Model<'_> {
         let mut enc = dev.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(&self.prompt, 0, &self.hidden, 0, self.prompt.size());
         for layer in &mut self.layers {
-            layer.cache.set_lengths(&mut enc, &vec![0; b as usize])?;
+            layer.cache.set_lengths(self.attn, &mut enc, &vec![0; b as usize])?;
             layer.project(&self.toy, &mut enc, rows, dm, &self.hidden, acts);
-            let t = |buf, heads| TensorRef::bthd(buf, p, heads, d);
-            let shape = Shape::new(b, p, h, d).with_kv_heads(hk);
-            let call = Forward {
-                remainder: Remainder::AddToValue,
-                ..Forward::new(shape, Dtype::F32, t(&acts.q, h), t(&acts.k, hk), t(&acts.v, hk), t(&acts.o, h))
-            };
+            let t = TensorRef::bthd;
+            let shape = Shape::new().with_batch(b).with_seq_len(p).with_heads(h).with_head_dim(d).with_kv_heads(hk);
+            let call = Forward::new(shape, Dtype::F32, t(&acts.q), t(&acts.k), t(&acts.v), t(&acts.o)).with_remainder(Remainder::AddToValue);
             self.attn.forward(&mut enc, &call)?;
-            self.dec.append(&mut enc, &mut layer.cache, &Append::new(t(&acts.k, hk), t(&acts.v, hk), p))?;
+            self.attn.append(&mut enc, &mut layer.cache, &Append::new(t(&acts.k), t(&acts.v), p))?;
             layer.residual(&self.toy, &mut enc, rows, dm, &self.hidden, acts);
         }
         let row = 4 * dm as u64;
@@ -259,19 +255,15 @@ impl Model<'_> {
     /// for it, as a sampler reading the token would.
     fn step(&mut self) -> Result<(), Box<dyn std::error::Error>> {
         let (a, dev) = (&self.a, self.attn.device());
-        let (b, h, hk, d) = (a.batch, a.heads, a.kv_heads, a.head_dim);
+        let (b, h, d) = (a.batch, a.heads, a.head_dim);
         let acts = &self.acts;
         let mut enc = dev.create_command_encoder(&Default::default());
         for layer in &mut self.layers {
             layer.project(&self.toy, &mut enc, b, h * d, &self.x, acts);
-            let t = |buf, heads| TensorRef::bthd(buf, 1, heads, d);
-            self.dec.append(&mut enc, &mut layer.cache, &Append::new(t(&acts.k, hk), t(&acts.v, hk), 1))?;
-            let call = Decode {
-                remainder: Remainder::AddToValue,
-                mask: Mask::Strict,
-                ..Decode::new(&layer.cache, h, 1, t(&acts.q, h), t(&acts.o, h))
-            };
-            self.dec.decode(&mut enc, &call)?;
+            let t = TensorRef::bthd;
+            self.attn.append(&mut enc, &mut layer.cache, &Append::new(t(&acts.k), t(&acts.v), 1))?;
+            let call = Decode::new(&layer.cache, h, 1, t(&acts.q), t(&acts.o)).with_remainder(Remainder::AddToValue).with_mask(Mask::Strict);
+            self.attn.decode(&mut enc, &call)?;
             layer.residual(&self.toy, &mut enc, b, h * d, &self.x, acts);
         }
         self.attn.queue().submit([enc.finish()]);
@@ -284,7 +276,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a = parse_args()?;
     let attn = Attention::with_default_adapter_blocking()?;
     let dev = attn.device();
-    println!("adapter: {}", attn.capabilities().adapter.name);
+    println!("adapter: {}", attn.capabilities().name);
     let (b, h, hk, d) = (a.batch, a.heads, a.kv_heads, a.head_dim);
     let dm = h * d; // model width
     let (qw, kvw) = (h * d, hk * d);
@@ -315,7 +307,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             wk: weights(dm, kvw),
             wv: weights(dm, kvw),
             wo: weights(qw, dm),
-            cache: KvCache::new(dev, KvCacheDesc::new(b, hk, d, capacity, Dtype::F32))?,
+            cache: KvCache::new(&attn, KvCacheDesc::new(b, hk, d, capacity, Dtype::F32))?,
         });
     }
     let prompt = weights(b * a.prompt, dm);
@@ -323,7 +315,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rows = b * a.prompt;
     let acts = Acts { q: empty(rows * qw), k: empty(rows * kvw), v: empty(rows * kvw), o: empty(rows * qw), qw, kvw };
     let (hidden, x) = (empty(rows * dm), empty(b * dm));
-    let mut model = Model { attn: &attn, dec: Decoder::new(dev), toy: Toy::new(dev), layers, prompt, hidden, x, acts, a };
+    let mut model = Model { attn: &attn, toy: Toy::new(dev), layers, prompt, hidden, x, acts, a };
 
     // Warm-up: the first use of each kernel compiles it (seconds on a CPU adapter).
     model.prefill()?;
@@ -342,7 +334,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let total = t1.elapsed().as_secs_f64();
 
     let mut enc = dev.create_command_encoder(&Default::default());
-    let hidden = sbattn::readback_later(dev, &mut enc, &model.x, 4 * (b * dm) as u64);
+    let hidden = sbattn::Readback::record(dev, &mut enc, &model.x, 4 * (b * dm) as u64);
     attn.queue().submit([enc.finish()]);
     let hidden = sbattn::from_bytes(&pollster::block_on(hidden.read(dev))?, Dtype::F32);
     let checksum: f64 = hidden.iter().map(|v| *v as f64).sum();

@@ -1,23 +1,39 @@
 //! The main job: stick-breaking attention on the default adapter at a realistic shape,
 //! checked against the f64 reference and timed.
 //!
-//! `cargo run --release --example quickstart [-- B H T D]` (default 1 8 1024 64).
+//! `cargo run --release --example quickstart [-- [--pipeline-cache FILE] B H T D]` (default
+//! 1 8 1024 64). `--pipeline-cache FILE` creates the pipelines through a persistent pipeline
+//! cache kept in FILE (read at start if it exists, written at the end), where the device has one
+//! (Vulkan). The first call of each dtype compiles its kernel; its time is printed.
 
 use std::time::Instant;
 
-use sbattn::{reference, round_to, Attention, Dtype, HostInput, HostRemainder, Layout, Mask, Path, Shape};
+use sbattn::{reference, round_to, Attention, Dtype, HostInput, HostRemainder, KernelPath, Shape};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<u32> = std::env::args().skip(1).map(|a| a.parse()).collect::<Result<_, _>>()?;
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let cache = match args.iter().position(|a| a == "--pipeline-cache") {
+        Some(i) => {
+            let file = args.get(i + 1).cloned().ok_or("--pipeline-cache needs a file")?;
+            args.drain(i..i + 2);
+            Some(file)
+        }
+        None => None,
+    };
+    let args: Vec<u32> = args.iter().map(|a| a.parse()).collect::<Result<_, _>>()?;
     let [b, h, t, d] = match args.as_slice() {
         [] => [1, 8, 1024, 64],
         [b, h, t, d] => [*b, *h, *t, *d],
-        _ => return Err("usage: quickstart [B H T D]".into()),
+        _ => return Err("usage: quickstart [--pipeline-cache FILE] [B H T D]".into()),
     };
     let attn = Attention::with_default_adapter_blocking()?;
+    let attn = match &cache {
+        Some(file) => attn.with_pipeline_cache_file(file),
+        None => attn,
+    };
     let caps = attn.capabilities();
-    println!("adapter: {} ({:?}, {})", caps.adapter.name, caps.adapter.backend, caps.adapter.driver_info);
-    let shape = Shape::new(b, t, h, d);
+    println!("adapter: {} ({:?}, {})", caps.name, caps.backend, caps.driver);
+    let shape = Shape::new().with_batch(b).with_seq_len(t).with_heads(h).with_head_dim(d);
     let dtype = if caps.f16() { Dtype::F16 } else { Dtype::F32 };
 
     // Deterministic pseudo-random inputs, rounded to what the GPU stores.
@@ -33,19 +49,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (q, k, v) = (make(dtype), make(dtype), make(dtype));
 
     for dtype in [Dtype::F32, dtype] {
-        let plan = attn.plan(dtype, d, Path::Auto)?;
+        let plan = attn.forward_variant(dtype, d, KernelPath::Auto)?;
         println!("\n{dtype:?}: path {:?}, tiles {:?}", plan.path, plan.tiles);
-        let input = HostInput {
-            dtype,
-            remainder: HostRemainder::Return,
-            mask: Mask::Strict,
-            ..HostInput::new(shape, &q, &k, &v)
-        };
-        attn.run_host_blocking(&input)?; // compile the pipeline, warm up
+        let input = HostInput::new(shape, &q, &k, &v).with_dtype(dtype).with_remainder(HostRemainder::Return);
+        let first = Instant::now();
+        attn.run_host_blocking(&input)?; // compiles the kernel (at pipeline creation or, on some drivers, its first dispatch)
+        println!("  first call (kernel compile included): {:.2} s", first.elapsed().as_secs_f64());
         let start = Instant::now();
         let out = attn.run_host_blocking(&input)?;
         let elapsed = start.elapsed();
-        let want = reference::forward(&shape, Layout::Bthd, &q, &k, &v, Mask::Strict, None, &HostRemainder::Return)?;
+        let want = reference::forward(&input)?;
         let err_o = out.o.iter().zip(&want.o).map(|(g, w)| (*g as f64 - w).abs()).fold(0.0, f64::max);
         let rem = out.rem.as_deref().unwrap_or_default();
         let err_rem = rem.iter().zip(&want.rem).map(|(g, w)| (*g as f64 - w).abs()).fold(0.0, f64::max);
@@ -59,6 +72,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if !(err_o <= tol && err_rem <= 1e-4) {
             return Err(format!("error above tolerance {tol:e}").into());
         }
+    }
+    if let Some(file) = &cache {
+        attn.save_pipeline_cache(file)?;
+        println!("\npipeline cache: {file} ({:?})", attn.pipeline_cache_status());
     }
     println!("\nok");
     Ok(())

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""Baseline for examples/bench_decode.rs: one stick-breaking decode step in plain PyTorch.
+"""Baseline for `sbattn bench decode`: one stick-breaking decode step in plain PyTorch.
 
 Written from /work/shared/ALGORITHM.md the way model code does it today (eager ops, no fused
 kernel): logits -> softplus -> reverse cumulative sum -> weights -> matmul. One new query per
 sequence against a KV cache of length L that already holds the query's own token (the
 query sees every cached key, i.e. attend_current). Timed with CUDA events at the shapes of the
-Rust benchmark; writes JSON with the same fields (kv_bytes, median_ms, gbps_median, ...).
+Rust benchmark; writes JSON with the same fields (kv_bytes, median_ms, gbps_median, ...), each
+result also naming its `impl` and `dtype`: the baselines format `sbattn bench decode --plot X.png
+--baselines FILE` draws (cli/README.md).
 
     python3 scripts/bench_decode.py --json torch_decode.json [--iters 30] [--repeat-kv]
     python3 scripts/bench_decode.py --quick            # tiny sizes (CPU is fine)
@@ -19,6 +21,9 @@ import argparse
 import json
 import math
 import statistics
+
+# The names the Rust tool uses (`sbattn bench decode --baselines` reads each result's dtype).
+SHORT_DTYPE = {"float16": "f16", "bfloat16": "bf16", "float32": "f32"}
 
 
 def decode_step(q, k, v, scale, repeat_kv=False):
@@ -115,7 +120,8 @@ def main():
     print(f"{'B':>3} {'L':>7} {'median ms':>10} {'min ms':>10} {'GB/s':>9}")
     for b in batches:
         for length in lens:
-            row = {"batch": b, "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim,
+            row = {"impl": "sb_eager" + ("_repeat_kv" if args.repeat_kv else ""), "dtype": SHORT_DTYPE[args.dtype],
+                   "batch": b, "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim,
                    "cache_len": length, "new_tokens": 1, "repeat_kv": args.repeat_kv,
                    "kv_bytes": 2 * b * kv_heads * length * head_dim * esize}
             try:

@@ -10,7 +10,7 @@
 #   f16        ours, default sweep, every path, f16, random inputs, eps 0
 #   checks     ours at B4 H12 T4096/8192 D128, every path, f16, with all of wgpu's runtime
 #              checks (full) and with none (unchecked); the default keeps index clamping
-#   decode     examples/bench_decode and scripts/bench_decode.py (PyTorch decode step)
+#   decode     sbattn bench decode and scripts/bench_decode.py (PyTorch decode step)
 #   f32        ours, default sweep, portable paths only (subgroup, shared), f32
 #   eps        ours at B4 H12 T4096 D128, every path, f16, eps 0 and $EPS, random and long-range
 #   torch      PyTorch baselines (SDPA bf16/f16/f32, eager stick-breaking bf16/f16)
@@ -18,17 +18,19 @@
 # Files under $OUT (at most 8 come back): ours-*.json torch.json decode.json torch_decode.json report.md
 # device-bench.log.
 # Environment: OUT (default /tmp/sbattn-bench), EPS (default 1e-3), PYTHON (default python3),
-# BENCH (default .device/bench), EXTRA (more options for every bench call, e.g. "--iters 20"; a
+# SBATTN (default .device/sbattn), EXTRA (more options for every forward bench call, e.g. "--iters 20"; a
 # later option wins, so EXTRA="--shapes 1x2x128x64" shrinks every step), TORCH_EXTRA (more options
-# for torch_baselines.py), VK_ENV=none (skip vk-env.sh: a dry run on lavapipe here).
+# for torch_baselines.py), DECODE_EXTRA (more options for the decode bench call, e.g. "--profile quick"),
+# VK_ENV=none (skip vk-env.sh: a dry run on lavapipe here).
 set -u
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-/tmp/sbattn-bench}"
 EPS="${EPS:-1e-3}"
 PYTHON="${PYTHON:-python3}"
-BENCH="${BENCH:-.device/bench}"
+SBATTN="${SBATTN:-.device/sbattn}"
 EXTRA="${EXTRA:-}"
 TORCH_EXTRA="${TORCH_EXTRA:-}"
+DECODE_EXTRA="${DECODE_EXTRA:-}"
 mkdir -p "$OUT"
 log="$OUT/device-bench.log"
 : > "$log"
@@ -59,23 +61,24 @@ common=(--time-limit 3 --iters 10 --warmup 3)
 STEPS="${STEPS:-tests f16 checks f32 eps torch decode}"
 has() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 # shellcheck disable=SC2086
-has f16 && step 150 "ours f16" "$BENCH" --profile default --paths all --dtypes f16 "${common[@]}" $EXTRA --json "$OUT/ours-f16.json"
+has f16 && step 150 "ours f16" "$SBATTN" bench forward --profile default --paths all --dtypes f16 "${common[@]}" $EXTRA --json "$OUT/ours-f16.json"
 if has checks; then
   for c in default unchecked full; do
     # shellcheck disable=SC2086
-    step 60 "ours f16 checks=$c" "$BENCH" --shapes 4x12x4096x128,4x12x8192x128 --paths all --dtypes f16 \
+    step 60 "ours f16 checks=$c" "$SBATTN" bench forward --shapes 4x12x4096x128,4x12x8192x128 --paths all --dtypes f16 \
       --checks $c "${common[@]}" $EXTRA --json "$OUT/ours-$c.json"
   done
 fi
 # shellcheck disable=SC2086
-has f32 && step 90 "ours f32" "$BENCH" --profile default --paths subgroup,shared --dtypes f32 "${common[@]}" $EXTRA --json "$OUT/ours-f32.json"
+has f32 && step 90 "ours f32" "$SBATTN" bench forward --profile default --paths subgroup,shared --dtypes f32 "${common[@]}" $EXTRA --json "$OUT/ours-f32.json"
 # shellcheck disable=SC2086
-has eps && step 60 "ours eps" "$BENCH" --shapes 4x12x4096x128 --paths all --dtypes f16 --eps "0,$EPS" --inputs random,long-range \
+has eps && step 60 "ours eps" "$SBATTN" bench forward --shapes 4x12x4096x128 --paths all --dtypes f16 --eps "0,$EPS" --inputs random,long-range \
   "${common[@]}" $EXTRA --json "$OUT/ours-eps.json"
 # shellcheck disable=SC2086
 has torch && step 100 "torch baselines" "$PYTHON" scripts/torch_baselines.py "$OUT/torch.json" --time-limit 3 $TORCH_EXTRA
 if has decode; then
-  step 120 "ours decode" .device/bench_decode --json "$OUT/decode.json" --iters 30
+  # shellcheck disable=SC2086
+  step 120 "ours decode" "$SBATTN" bench decode --time-limit 3 $DECODE_EXTRA --json "$OUT/decode.json"
   step 120 "torch decode" "$PYTHON" scripts/bench_decode.py --json "$OUT/torch_decode.json" --iters 30
 fi
 if has tests; then

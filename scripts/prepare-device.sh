@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds what scripts/device-bench.sh runs on the GPU machine and puts it in .device/ (git-ignored,
-# carried with `carry: [".device"]`): the release benchmark binaries, the GPU test binaries
+# carried with `carry: [".device"]`): the release `sbattn` command (cli/: info, check, bench
+# forward, bench decode) and the quickstart example, the GPU test binaries
 # (forward, invariants, errors, decode: run there, they test the paths lavapipe lacks, such as
 # the cooperative-matrix kernel), vk-env.sh and the Vulkan loader from ../shared/device (the
 # GPU machine has no Rust toolchain and no Vulkan loader).
@@ -11,8 +12,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 shared="${SHARED:-../shared}"
-cargo build --release --example bench --example bench_decode --example quickstart
-tests=(forward invariants errors decode)
+cargo build --release -p sbattn-cli --bin sbattn
+cargo build --release -p sbattn-tools --bin coop-probe
+cargo build --release --example quickstart
+tests=(forward invariants errors decode coop faults threads)
 cargo test --release --no-run $(printf -- '--test %s ' "${tests[@]}") --message-format=json \
   | python3 -c '
 import json, sys
@@ -23,12 +26,15 @@ for line in sys.stdin:
 target="$(cargo metadata --format-version 1 --no-deps \
   | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
 mkdir -p .device
-cp -f "$target/release/examples/bench" .device/bench
-cp -f "$target/release/examples/bench_decode" .device/bench_decode
+cp -f "$target/release/sbattn" .device/sbattn
+cp -f "$target/release/coop-probe" .device/coop-probe
 cp -f "$target/release/examples/quickstart" .device/quickstart
 while read -r name exe; do cp -f "$exe" ".device/test-$name"; done < /tmp/sbattn-test-bins
 cp -f "$shared/device/vk-env.sh" "$shared/device/libvulkan.so.1" .device/
+# flash-linear-attention's stick-breaking kernel (the packaged peer baseline), as a wheel: the
+# GPU machine reaches no registry (its einops is already there).
+[ -f .device/whl/fla_core-0.6.0-py3-none-any.whl ] || python3 -m pip download -q --no-deps fla-core==0.6.0 -d .device/whl
 git rev-parse HEAD > .device/commit 2>/dev/null || true
-git status --short -- src shaders examples >> .device/commit 2>/dev/null || true
+git status --short -- src shaders examples cli >> .device/commit 2>/dev/null || true
 ls -l .device/
-.device/bench --help > /dev/null && echo "prepare-device: .device/ ready ($(du -sh .device | cut -f1))"
+.device/sbattn --help > /dev/null && echo "prepare-device: .device/ ready ($(du -sh .device | cut -f1))"

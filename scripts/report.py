@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Merges examples/bench.rs JSON and scripts/torch_baselines.py JSON into markdown tables for
+"""Merges `sbattn bench forward --json` files and scripts/torch_baselines.py JSON into markdown tables for
 BENCHMARKS.md: our times with ratios to the same-run PyTorch SDPA and to the Triton anchor
 figures of ../shared/ALGORITHM.md.
 
@@ -53,7 +53,12 @@ def fmt_tflops(x):
 
 
 def path_label(r):
-    return r["path"] if r.get("path_requested") != "auto" else f"auto→{r['path']}"
+    label = r["path"] if r.get("path_requested") != "auto" else f"auto→{r['path']}"
+    if r.get("coop_block_n"):  # a forced ForwardTuning::coop_block_n (sbattn bench forward --coop-block-n)
+        label += f" bn{r['coop_block_n']}"
+    if r.get("checks", "default") != "default":  # --checks full / unchecked
+        label += f" ({r['checks']})"
+    return label
 
 
 def fmt_eps(e):
@@ -65,8 +70,11 @@ def render(ours_docs, torch_doc):
     out = []
     for doc in ours_docs:
         a = doc.get("adapter", {})
-        out.append(f"- ours: `bench {doc.get('command', '')}`: {a.get('name')} ({a.get('backend')}, driver "
-                   f"{a.get('driver')} {a.get('driver_info')}), timer {doc.get('timer')}, {doc.get('date')}"
+        command = doc.get("command", "")
+        command = command if command.startswith("sbattn") else f"bench {command}"  # the old examples/bench.rs
+        driver = " ".join(x for x in (a.get("driver"), a.get("driver_info")) if x)
+        out.append(f"- ours: `{command}`: {a.get('name')} ({a.get('backend')}, driver "
+                   f"{driver}), timer {doc.get('timer')}, {doc.get('date')}"
                    + ("" if doc.get("complete", True) else " **(run cut short: partial results)**"))
     if torch_doc:
         out.append(f"- baselines: `{torch_doc.get('command', '')}`: {torch_doc.get('device')}, torch "
@@ -120,7 +128,9 @@ def render(ours_docs, torch_doc):
         tri = ANCHORS.get(k, {}).get("triton")
         chk = r.get("check") or {}
         err = chk.get("max_abs_err")
-        err_s = f"{err:.1e}" if isinstance(err, (int, float)) else ("FAILED" if "error" in chk else "-")
+        err_s = f"{err:.1e}" if isinstance(err, (int, float)) else ("FAILED" if chk.get("error") else "-")
+        if chk.get("pass") is False:  # outside the tolerance (sbattn bench forward's checks say so)
+            err_s = f"FAILED {err_s}"
         sd_s = "-" if sd is None else f"{fmt_ms(sd['median_ms'])} ({sd_dtype})"
         out.append(f"| {name(k)} | {r['dtype']} | {path_label(r)} | {fmt_eps(r['eps'])} | {r['inputs']} "
                    f"| {fmt_ms(r['median_ms'])} | {fmt_ms(r['min_ms'])} | {fmt_tflops(r['tflops_median'])} | {err_s} "
@@ -152,6 +162,9 @@ def render(ours_docs, torch_doc):
     skipped = []
     for doc in ours_docs:
         for s in doc.get("skipped", []):
+            if "what" in s:  # sbattn bench forward: {"what", "reason"}
+                skipped.append(f"ours {s['what']}: {s.get('reason')}")
+                continue
             shape = s.get("shape")
             skipped.append(f"ours {name(key(shape)) if shape else ''} {s.get('dtype') or ''} {s.get('path')}: {s.get('reason')}")
     for s in (torch_doc or {}).get("skipped", []):
@@ -176,7 +189,8 @@ def self_test():
                  "inputs": "long-range", "median_ms": 9.48, "min_ms": 9.0, "tflops_median": 21.7,
                  "check": {"error": "x"}},
             ],
-            "skipped": [{"shape": None, "dtype": "f32", "path": "coop", "reason": "no f32 cooperative matrices"}]}
+            "skipped": [{"shape": None, "dtype": "f32", "path": "coop", "reason": "no f32 cooperative matrices"},
+                        {"what": "f32 coop D128", "reason": "needs f16 data"}]}
     torch_doc = {"command": "torch_baselines.py", "device": "Synthetic", "results": [
         {"impl": "sdpa", "dtype": "bf16", "shape": shape, "median_ms": 0.414, "min_ms": 0.4, "tflops_median": 500.0,
          "do_bench": {"median_ms": 0.41, "min_ms": 0.40}},
@@ -192,6 +206,7 @@ def self_test():
     assert "auto→subgroup" in f16 and "| 6.00 |" in f16 and "| 2.00 |" in f16, f16  # 2.484/0.414, 2.484/1.242
     assert "FAILED" in f32 and "| 2.00 |" in f32 and "| 7.63 |" in f32, f32  # 9.48/4.74, 9.48/1.242
     assert "partial results" in text and "Skipped:" in text and "| 1.04 |" in text  # 0.414/0.399
+    assert "ours f32 coop D128: needs f16 data" in text
     print(text)
     print("report.py self-test: 1 passed, 0 failed")
     return 0
@@ -199,7 +214,7 @@ def self_test():
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--ours", nargs="*", default=[], help="examples/bench.rs JSON files")
+    ap.add_argument("--ours", nargs="*", default=[], help="sbattn bench forward --json files")
     ap.add_argument("--torch", help="scripts/torch_baselines.py JSON")
     ap.add_argument("--out", help="also write the markdown here")
     ap.add_argument("--self-test", action="store_true")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch baselines for sbattn's benchmark, run on the GPU machine (CUDA, PyTorch, Triton).
 
-Times, at the shapes of `examples/bench.rs --profile default` (B, H, T, D):
+Times, at the shapes of `sbattn bench forward --profile default` (B, H, T, D):
   * torch.nn.functional.scaled_dot_product_attention, causal, in bf16, f16 and f32
     (FlashAttention for bf16/f16; the softmax baseline of ALGORITHM.md's anchor table);
   * a plain eager PyTorch stick-breaking forward written from ALGORITHM.md (logits, softplus,
@@ -9,11 +9,16 @@ Times, at the shapes of `examples/bench.rs --profile default` (B, H, T, D):
     scan math. It holds T x T f32 scores per head, so heads are processed in chunks that fit
     --eager-budget-gib (and the free memory); a shape whose single head does not fit is skipped
     and listed under "skipped".
+  * flash-linear-attention's stick-breaking kernel (PyPI `fla-core` 0.6.0,
+    `fla.ops.stickbreaking_attn.parallel_stickbreaking_attn`, q/k/v as [B, T, H, D]; carried to
+    the GPU machine as a wheel by scripts/prepare-device.sh), forward and forward + backward,
+    checked against the float64 definition first;
+  * SDPA forward + backward (the training baseline);
   * the authors' Triton kernel, only if a `stickbreaking_attention` package happens to be
     importable (it is not installed on the GPU machine as of writing; the import failure is
     recorded).
 
-Timing: the same method as examples/bench.rs. Each sample is a batch of calls between two CUDA
+Timing: the same method as `sbattn bench forward`. Each sample is a batch of calls between two CUDA
 events (batch sized so a sample lasts about --sample-ms), rotating through two input sets;
 per-call time is the sample over the batch; median and min over --iters samples. Where Triton
 is importable, triton.testing.do_bench (which flushes L2 before every call) is also recorded.
@@ -24,7 +29,8 @@ definition) on a small shape; the error is recorded in the JSON.
 Usage: python3 scripts/torch_baselines.py OUT.json [--shapes 4x12x4096x128,...] [--quick]
 
 Writes JSON (rewritten after every measurement, so a run cut short still leaves results) and
-prints one line per measurement.
+prints one line per measurement. Its `results` (impl, dtype, shape, median_ms) are the baselines
+format that `sbattn bench forward --plot X.png --baselines FILE` draws (cli/README.md).
 """
 
 import argparse
@@ -77,6 +83,7 @@ def main(argv=None):
     ap.add_argument("--eager-budget-gib", type=float, default=32.0,
                     help="memory for one chunk of eager heads (also capped at 70%% of free memory)")
     ap.add_argument("--skip-eager", action="store_true")
+    ap.add_argument("--skip-backward", action="store_true", help="no forward + backward timings")
     ap.add_argument("--no-do-bench", action="store_true", help="skip triton.testing.do_bench")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                     help="cpu: a smoke test of this script where there is no GPU (host clock, tiny shapes)")
@@ -220,6 +227,26 @@ def main(argv=None):
         args.skip_eager = True
     save()
 
+    try:
+        from fla.ops.stickbreaking_attn import parallel_stickbreaking_attn as fla_sb
+        import fla
+        doc["fla"] = getattr(fla, "__version__", "?")
+    except Exception as e:  # noqa: BLE001
+        fla_sb = None
+        doc["skipped"].append({"impl": "sb_fla", "reason": f"not importable: {e}"})
+    if fla_sb is not None and cuda:
+        # FLA takes [B, T, H, D]; the check's [n, T, D] heads become B = n, H = 1.
+        qq, kk, vv = (x[:, :, None, :].to(torch.bfloat16) for x in (cq, ck, cv))
+        fo, frem = fla_sb(qq, kk, vv)
+        ref_o, ref_rem = sb_definition(*(x[:, :, 0, :].float() for x in (qq, kk, vv)))
+        doc["fla_check"] = {
+            "shape": "n2 T48 D32, bf16 inputs",
+            "max_abs_err_o": (fo[:, :, 0, :].double() - ref_o).abs().max().item(),
+            "max_abs_err_rem": (frem[:, :, 0].double() - ref_rem).abs().max().item(),
+        }
+        print(f"fla check vs float64 definition: {doc['fla_check']}", flush=True)
+        save()
+
     # ---------------------------------------------------------------- timing
 
     def time_events(fn, sets):
@@ -305,10 +332,31 @@ def main(argv=None):
             dt = dtypes[name]
             sets = [tuple(torch.randn(b, h, t, d, device=dev, dtype=dt) for _ in range(3)) for _ in range(2)]
             record("sdpa", name, shape, sdpa, sets)
+            if not args.skip_backward and name != "f32":
+                grads = [tuple(x.detach().requires_grad_() for x in st) for st in sets]
+
+                def sdpa_fwd_bwd(q, k, v):
+                    o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                    o.backward(torch.ones_like(o))
+                record("sdpa_fwd_bwd", name, shape, sdpa_fwd_bwd, grads)
+                del grads
             del sets
         for name in [x for x in args.eager_dtypes.split(",") if x]:
             dt = dtypes[name]
             sets = [tuple(torch.randn(b, h, t, d, device=dev, dtype=dt) for _ in range(3)) for _ in range(2)]
+            if fla_sb is not None and cuda:
+                # FLA's layout: [B, T, H, D].
+                fsets = [tuple(torch.randn(b, t, h, d, device=dev, dtype=dt) for _ in range(3)) for _ in range(2)]
+                record("sb_fla", name, shape, lambda q, k, v: fla_sb(q, k, v)[0], fsets)
+                if not args.skip_backward:
+                    fgrads = [tuple(x.requires_grad_() for x in st) for st in fsets]
+
+                    def fla_fwd_bwd(q, k, v):
+                        o, _ = fla_sb(q, k, v)
+                        o.backward(torch.ones_like(o))
+                    record("sb_fla_fwd_bwd", name, shape, fla_fwd_bwd, fgrads)
+                    del fgrads
+                del fsets
             if sb_attn is not None:
                 def triton_fn(q, k, v):
                     # Their layout is [B, H, T, D]; attend_current=False is this crate's default mask.

@@ -1,35 +1,105 @@
 //! Shapes, data types and modes shared by the kernels, the host helpers and the reference.
 
+use crate::{Error, Result};
+
 /// The largest head dim the kernels support.
 pub const MAX_HEAD_DIM: u32 = 256;
 
-/// Problem size of one attention call.
+/// Problem size of one attention call: `B` sequences of `T` tokens, `H` query heads over `Hkv`
+/// key/value heads, head dim `D`.
 ///
-/// `heads` query heads share `kv_heads` key/value heads (`heads % kv_heads == 0`): equal counts
-/// is multi-head attention, `kv_heads == 1` is multi-query, anything between is grouped-query.
+/// Built by name, so that no two sizes can be swapped silently:
+/// ```
+/// # use sbattn::Shape;
+/// let shape = Shape::new().with_batch(4).with_seq_len(4096).with_heads(32).with_kv_heads(8).with_head_dim(128);
+/// assert_eq!((shape.group(), shape.kv_heads()), (4, 8));
+/// ```
+/// Every size starts at 1; the key/value heads follow the query heads until
+/// [`Shape::with_kv_heads`] sets them (equal counts are multi-head attention, one key/value
+/// head is multi-query, anything between grouped-query).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Shape {
-    /// Batch size `B`.
-    pub batch: u32,
-    /// Sequence length `T` (queries, keys and values all have `T` tokens).
-    pub seq_len: u32,
-    /// Query heads `H`.
-    pub heads: u32,
-    /// Key/value heads `Hkv`.
-    pub kv_heads: u32,
-    /// Head dim `D`, 1 to [`MAX_HEAD_DIM`].
-    pub head_dim: u32,
+    batch: u32,
+    seq_len: u32,
+    heads: u32,
+    kv_heads: Option<u32>,
+    head_dim: u32,
+}
+
+impl Default for Shape {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Shape {
-    /// Multi-head attention shape (`kv_heads == heads`).
-    pub fn new(batch: u32, seq_len: u32, heads: u32, head_dim: u32) -> Self {
-        Shape { batch, seq_len, heads, kv_heads: heads, head_dim }
+    /// One sequence of one token, one head of dim 1: set what differs.
+    pub const fn new() -> Self {
+        Shape { batch: 1, seq_len: 1, heads: 1, kv_heads: None, head_dim: 1 }
     }
 
-    /// The same shape with `kv_heads` key/value heads (grouped-query or multi-query attention).
-    pub fn with_kv_heads(self, kv_heads: u32) -> Self {
-        Shape { kv_heads, ..self }
+    /// Sets the batch size `B`.
+    pub const fn with_batch(self, batch: u32) -> Self {
+        Shape { batch, ..self }
+    }
+
+    /// Sets the sequence length `T` (queries, keys and values all have `T` tokens).
+    pub const fn with_seq_len(self, seq_len: u32) -> Self {
+        Shape { seq_len, ..self }
+    }
+
+    /// Sets the query heads `H`.
+    pub const fn with_heads(self, heads: u32) -> Self {
+        Shape { heads, ..self }
+    }
+
+    /// Sets the key/value heads `Hkv` (grouped-query or multi-query attention).
+    pub const fn with_kv_heads(self, kv_heads: u32) -> Self {
+        Shape { kv_heads: Some(kv_heads), ..self }
+    }
+
+    /// Sets the head dim `D`, 1 to [`MAX_HEAD_DIM`].
+    pub const fn with_head_dim(self, head_dim: u32) -> Self {
+        Shape { head_dim, ..self }
+    }
+
+    /// Batch size `B`.
+    pub const fn batch(&self) -> u32 {
+        self.batch
+    }
+
+    /// Sequence length `T`.
+    pub const fn seq_len(&self) -> u32 {
+        self.seq_len
+    }
+
+    /// Query heads `H`.
+    pub const fn heads(&self) -> u32 {
+        self.heads
+    }
+
+    /// Key/value heads `Hkv` (the query heads unless set).
+    pub const fn kv_heads(&self) -> u32 {
+        match self.kv_heads {
+            Some(k) => k,
+            None => self.heads,
+        }
+    }
+
+    /// Head dim `D`.
+    pub const fn head_dim(&self) -> u32 {
+        self.head_dim
+    }
+
+    /// Query heads per key/value head, `H / Hkv` (after [`Shape::validate`]).
+    pub fn group(&self) -> u32 {
+        self.heads / self.kv_heads().max(1)
+    }
+
+    /// Rows of the per-row outputs (`rem`, `log rem`): `B * H * T`, saturating at `u64::MAX`
+    /// (three `u32` sizes can pass 2^64; a saturated count is refused by every binding of it).
+    pub fn rows(&self) -> u64 {
+        (self.batch as u64 * self.heads as u64).saturating_mul(self.seq_len as u64)
     }
 
     /// Floating-point operations of the causal forward pass, `4 * B * H * (T^2 / 2) * D`
@@ -42,16 +112,10 @@ impl Shape {
     /// Checks the shape on its own: non-zero sizes, whole head groups, supported head dim.
     ///
     /// # Errors
-    /// [`Error::Shape`](crate::Error::Shape), [`Error::HeadDim`](crate::Error::HeadDim) or
-    /// [`Error::HeadsNotDivisible`](crate::Error::HeadsNotDivisible).
-    pub fn validate(&self) -> crate::Result<()> {
-        use crate::Error;
-        for (name, v) in [
-            ("batch", self.batch),
-            ("seq_len", self.seq_len),
-            ("heads", self.heads),
-            ("kv_heads", self.kv_heads),
-        ] {
+    /// [`Error::Shape`], [`Error::HeadDim`] or [`Error::HeadsNotDivisible`].
+    pub fn validate(&self) -> Result<()> {
+        let kv_heads = self.kv_heads();
+        for (name, v) in [("batch", self.batch), ("seq_len", self.seq_len), ("heads", self.heads), ("kv_heads", kv_heads)] {
             if v == 0 {
                 return Err(Error::Shape(format!("{name} is 0")));
             }
@@ -59,27 +123,28 @@ impl Shape {
         if self.head_dim == 0 || self.head_dim > MAX_HEAD_DIM {
             return Err(Error::HeadDim { head_dim: self.head_dim, max: MAX_HEAD_DIM });
         }
-        if self.heads % self.kv_heads != 0 {
-            return Err(Error::HeadsNotDivisible { heads: self.heads, kv_heads: self.kv_heads });
+        if !self.heads.is_multiple_of(kv_heads) {
+            return Err(Error::HeadsNotDivisible { heads: self.heads, kv_heads });
         }
         Ok(())
     }
 
-    /// The scale the call uses: `scale` if given, else `1 / sqrt(head_dim)`.
+    /// The scale a call uses: `scale` if given, else `1 / sqrt(head_dim)`.
     ///
     /// # Errors
-    /// [`Error::NonFiniteScale`](crate::Error::NonFiniteScale) for NaN or infinite scales.
-    pub fn resolve_scale(&self, scale: Option<f32>) -> crate::Result<f32> {
+    /// [`Error::NonFiniteScale`] for NaN or infinite scales.
+    pub fn resolve_scale(&self, scale: Option<f32>) -> Result<f32> {
         let s = scale.unwrap_or(1.0 / (self.head_dim as f32).sqrt());
         if !s.is_finite() {
-            return Err(crate::Error::NonFiniteScale(s));
+            return Err(Error::NonFiniteScale(s));
         }
         Ok(s)
     }
 }
 
 /// Storage type of `q`, `k`, `v`, `o` and the bias. Arithmetic and the scan are always f32.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum Dtype {
     /// 32-bit floats.
     F32,
@@ -89,10 +154,18 @@ pub enum Dtype {
 
 impl Dtype {
     /// Bytes per element.
-    pub fn size(self) -> u64 {
+    pub const fn size(self) -> u64 {
         match self {
             Dtype::F32 => 4,
             Dtype::F16 => 2,
+        }
+    }
+
+    /// The WGSL type the kernels store it as.
+    pub(crate) const fn wgsl(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
         }
     }
 }
@@ -107,6 +180,16 @@ pub enum Mask {
     IncludeCurrent,
 }
 
+impl Mask {
+    /// Number of keys row `i` sees: `i` (strict) or `i + 1` (current included).
+    pub const fn visible(self, i: u32) -> u32 {
+        match self {
+            Mask::Strict => i,
+            Mask::IncludeCurrent => i + 1,
+        }
+    }
+}
+
 /// How a contiguous `[.., D]` tensor's tokens and heads are ordered in memory.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Layout {
@@ -118,19 +201,15 @@ pub enum Layout {
 }
 
 impl Layout {
-    /// Element strides `(batch, token, head)` of a contiguous tensor in this layout.
-    pub fn strides(self, seq_len: u32, heads: u32, head_dim: u32) -> Strides {
-        let (t, h, d) = (seq_len as u64, heads as u64, head_dim as u64);
+    /// Element strides `(batch, token, head)` of a contiguous tensor of `tokens` tokens and
+    /// `heads` heads of dim `head_dim` in this layout. A stride past `u64` saturates at
+    /// `u64::MAX` (no buffer holds such a tensor; binding it fails with [`Error::Stride`]).
+    pub const fn strides(self, tokens: u32, heads: u32, head_dim: u32) -> Strides {
+        let (t, h, d) = (tokens as u64, heads as u64, head_dim as u64);
         match self {
-            Layout::Bthd => Strides { batch: t * h * d, token: h * d, head: d },
-            Layout::Bhtd => Strides { batch: h * t * d, token: d, head: t * d },
+            Layout::Bthd => Strides { batch: t.saturating_mul(h).saturating_mul(d), token: h * d, head: d },
+            Layout::Bhtd => Strides { batch: h.saturating_mul(t).saturating_mul(d), token: d, head: t * d },
         }
-    }
-
-    /// Index of element `(b, t, h, d)` of a contiguous tensor in this layout.
-    pub fn index(self, shape_t: u32, heads: u32, head_dim: u32, b: u32, t: u32, h: u32, d: u32) -> usize {
-        let s = self.strides(shape_t, heads, head_dim);
-        (b as u64 * s.batch + t as u64 * s.token + h as u64 * s.head + d as u64) as usize
     }
 }
 
@@ -145,10 +224,18 @@ pub struct Strides {
     pub head: u64,
 }
 
-/// Which scan (and matrix) path the forward kernel takes.
+impl Strides {
+    /// Element index of `(b, t, h, 0)`.
+    pub const fn index(&self, b: u32, t: u32, h: u32) -> u64 {
+        b as u64 * self.batch + t as u64 * self.token + h as u64 * self.head
+    }
+}
+
+/// Which kernel a call runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Path {
-    /// The fastest path the device supports.
+#[non_exhaustive]
+pub enum KernelPath {
+    /// The fastest path the device supports for the call.
     #[default]
     Auto,
     /// Subgroup shuffles for the within-tile scan (needs `Features::SUBGROUP` and a minimum
@@ -156,8 +243,20 @@ pub enum Path {
     Subgroup,
     /// Workgroup shared memory for the scan: runs on every adapter, browsers included.
     SharedMemory,
-    /// Cooperative matrices (tensor cores) for both matrix products, f16 only, head dims up
-    /// to 128 (needs `Features::EXPERIMENTAL_COOPERATIVE_MATRIX` with 16x16x16 f16 inputs and
-    /// f32 accumulators, and subgroups of exactly 32).
+    /// Cooperative matrices (tensor cores) for both matrix products of the forward pass; see
+    /// [`crate::Capabilities::cooperative_f16`] for what it needs. Decode has no such kernel:
+    /// forcing it there is an error.
     CooperativeMatrix,
+    /// The cooperative-matrix kernel with its matrix operations emulated in plain WGSL: the same
+    /// kernel logic (staging, scan, masking, epilogue) on adapters without cooperative matrices,
+    /// for tests (it is slow, and never chosen by [`KernelPath::Auto`]). Needs f16, subgroups,
+    /// and workgroup memory for 32-key tiles (head dims up to 96 in 32 KiB).
+    EmulatedCooperativeMatrix,
+}
+
+impl KernelPath {
+    /// Whether this is the cooperative-matrix kernel (on tensor cores or emulated).
+    pub const fn is_cooperative(self) -> bool {
+        matches!(self, KernelPath::CooperativeMatrix | KernelPath::EmulatedCooperativeMatrix)
+    }
 }

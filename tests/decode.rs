@@ -18,47 +18,32 @@
 
 mod common;
 
-use common::{compare, Rng};
-use sbattn::decode::{CacheTensor, DecodePlan, Load};
+use common::{buffer, compare, read, read_u32, tweak, zeros, Rem, Rng};
 use sbattn::{
-    from_bytes, readback_later, reference, round_to, to_bytes, Append, Attention, BufferRef, Decode, Decoder, Dtype,
-    Error, HostRemainder, KvCache, KvCacheDesc, Layout, Mask, Path, Remainder, ShaderChecks, Shape, Strides, TensorRef,
+    reference, round_to, Append, Attention, BufferRef, CacheTensor, Decode, DecodePlan, Dtype, Error, HostInput,
+    HostRemainder, KernelPath, KvCache, KvCacheDesc, Layout, Load, Mask, Remainder, ShaderChecks, Shape, Strides, TensorRef, NO_PAGE,
 };
 
 const F32_TOL: f64 = 2e-5;
 const F16_TOL: f64 = 3e-3;
 const SPLIT_TOL: f64 = 1e-5;
 
-fn decoder(attn: &Attention) -> &'static Decoder {
-    decoder_with(attn, ShaderChecks::Bounds)
-}
-
-/// The shared decoder compiling with `checks` (one per mode).
-fn decoder_with(attn: &Attention, checks: ShaderChecks) -> &'static Decoder {
+/// The shared context compiling with `checks` (the default one for `Trusted`).
+fn with_checks(attn: &'static Attention, checks: ShaderChecks) -> &'static Attention {
     use std::sync::OnceLock;
-    static DEC: [OnceLock<Decoder>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    static OTHERS: [OnceLock<Attention>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    let fresh = || Attention::with_default_adapter_blocking().expect("second context");
     match checks {
-        ShaderChecks::Bounds => DEC[0].get_or_init(|| Decoder::new(attn.device())),
-        ShaderChecks::Full => DEC[1].get_or_init(|| Decoder::new(attn.device()).with_full_runtime_checks()),
-        // SAFETY: the decoder's calls are validated on the host; this is what the tests check.
-        ShaderChecks::Off => DEC[2].get_or_init(|| unsafe { Decoder::new(attn.device()).without_runtime_checks() }),
+        ShaderChecks::Full => OTHERS[0].get_or_init(|| fresh().with_full_runtime_checks()),
+        // SAFETY: every call is validated on the host; this is what the tests check.
+        ShaderChecks::Off => OTHERS[1].get_or_init(|| unsafe { fresh().without_runtime_checks() }),
+        ShaderChecks::Bounds => OTHERS[2].get_or_init(|| fresh().with_index_clamping()),
+        _ => attn,
     }
 }
 
 fn tol(dtype: Dtype) -> f64 {
-    match dtype {
-        Dtype::F32 => F32_TOL,
-        Dtype::F16 => F16_TOL,
-    }
-}
-
-/// Remainder handling of a case, host side.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Rem {
-    Discard,
-    Return,
-    AddToValue,
-    AddBias,
+    if dtype == Dtype::F16 { F16_TOL } else { F32_TOL }
 }
 
 /// A decode scenario: each sequence `b` first gets `prefill[b]` tokens appended in one ragged
@@ -72,7 +57,7 @@ struct Case {
     mask: Mask,
     prefill: Vec<u32>,
     steps: Vec<u32>,
-    path: Path,
+    path: KernelPath,
     splits: Option<u32>,
     lanes: Option<u32>,
     load: Option<Load>,
@@ -81,6 +66,9 @@ struct Case {
     rem: Rem,
     eps: f32,
     cache_layout: Layout,
+    /// Page size of a paged cache (pages shuffled over a pool with spare pages); `None`:
+    /// contiguous.
+    pages: Option<u32>,
     /// Extra tokens of capacity beyond what the case appends.
     spare: u32,
     scale: Option<f32>,
@@ -99,15 +87,16 @@ impl Case {
             mask,
             prefill: vec![0; batch as usize],
             steps: vec![1; 8],
-            path: Path::Auto,
+            path: KernelPath::Auto,
             splits: None,
             lanes: None,
             load: None,
             keys_per_step: None,
-            checks: ShaderChecks::Bounds,
+            checks: ShaderChecks::Trusted,
             rem: Rem::Return,
             eps: 0.0,
             cache_layout: Layout::Bhtd,
+            pages: None,
             spare: 0,
             scale: None,
             seed: 1,
@@ -180,47 +169,23 @@ fn pack(seqs: &[Seq], pick: impl Fn(&Seq) -> &Vec<f32>, from: &[u32], len: u32, 
     out
 }
 
-fn buffer(attn: &Attention, data: &[f32], dtype: Dtype) -> wgpu::Buffer {
-    use wgpu::util::DeviceExt;
-    let mut bytes = to_bytes(data, dtype);
-    bytes.resize(bytes.len().next_multiple_of(4).max(4), 0);
-    attn.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: None,
-        contents: &bytes,
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-    })
-}
-
-fn zeros(attn: &Attention, bytes: u64) -> wgpu::Buffer {
-    attn.device().create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size: bytes.next_multiple_of(4).max(4),
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-        mapped_at_creation: false,
-    })
-}
-
-fn read(attn: &Attention, encoder: wgpu::CommandEncoder, bufs: &[(&wgpu::Buffer, u64, Dtype)]) -> Vec<Vec<f32>> {
-    let mut encoder = encoder;
-    let dev = attn.device();
-    let rb: Vec<_> = bufs.iter().map(|(b, len, _)| readback_later(dev, &mut encoder, b, *len)).collect();
-    attn.queue().submit([encoder.finish()]);
-    rb.into_iter()
-        .zip(bufs)
-        .map(|(r, (_, _, dt))| from_bytes(&pollster::block_on(r.read(dev)).expect("readback"), *dt))
-        .collect()
-}
-
-/// A cache for `case`, `[B, Hkv, capacity, D]` or `[B, capacity, Hkv, D]`.
+/// A cache for `case`, `[B, Hkv, capacity, D]` or `[B, capacity, Hkv, D]`; paged, pools of
+/// `[pages, Hkv, page_size, D]` or `[pages, page_size, Hkv, D]` with three spare pages.
 fn make_cache(attn: &Attention, case: &Case) -> KvCache {
     let mut desc = KvCacheDesc::new(case.batch(), case.kv_heads, case.head_dim, case.capacity(), case.dtype);
-    desc.layout = case.cache_layout;
-    KvCache::new(attn.device(), desc).expect("cache")
+    if let Some(size) = case.pages {
+        desc = desc.with_pages(size, case.batch() * case.capacity().div_ceil(size) + 3);
+    }
+    let mut cache = KvCache::new(attn, desc.with_layout(case.cache_layout)).expect("cache");
+    if case.pages.is_some() {
+        common::shuffle_pages(attn, &mut cache, case.seed);
+    }
+    cache
 }
 
 /// Runs `case` on the GPU: one encoder, one submit.
-fn run(attn: &Attention, case: &Case, seqs: &[Seq], bias: &[f32]) -> Result<Outputs, Error> {
-    let dec = decoder_with(attn, case.checks);
+fn run(attn: &'static Attention, case: &Case, seqs: &[Seq], bias: &[f32]) -> Result<Outputs, Error> {
+    let attn = with_checks(attn, case.checks);
     let (bsz, h, hk, d, dt) = (case.batch(), case.heads, case.kv_heads, case.head_dim, case.dtype);
     let mut cache = make_cache(attn, case);
     let mut encoder = attn.device().create_command_encoder(&Default::default());
@@ -230,9 +195,8 @@ fn run(attn: &Attention, case: &Case, seqs: &[Seq], bias: &[f32]) -> Result<Outp
     if pmax > 0 {
         kp = buffer(attn, &pack(seqs, |s| &s.k, &zero, pmax, hk, d), dt);
         vp = buffer(attn, &pack(seqs, |s| &s.v, &zero, pmax, hk, d), dt);
-        let mut app = Append::new(TensorRef::bthd(&kp, pmax, hk, d), TensorRef::bthd(&vp, pmax, hk, d), pmax);
-        app.counts = Some(&case.prefill);
-        dec.append(&mut encoder, &mut cache, &app)?;
+        let app = Append::new(TensorRef::bthd(&kp), TensorRef::bthd(&vp), pmax).with_counts(&case.prefill);
+        attn.append(&mut encoder, &mut cache, &app)?;
     }
     let nd = case.decoded();
     let qd = buffer(attn, &pack(seqs, |s| &s.q, &case.prefill, nd, h, d), dt);
@@ -248,23 +212,25 @@ fn run(attn: &Attention, case: &Case, seqs: &[Seq], bias: &[f32]) -> Result<Outp
     let mut t0 = 0u32;
     for &n in &case.steps {
         let at = |heads: u32| (t0 * heads * d) as u64;
-        let kv = |buf| TensorRef::bthd(buf, nd, hk, d).at_offset(at(hk));
-        dec.append(&mut encoder, &mut cache, &Append::new(kv(&kd), kv(&vd), n))?;
+        // Step slices of [B, decoded, heads, D] tensors.
+        let slice = |buf, heads| TensorRef::strided(buf, Layout::Bthd.strides(nd, heads, d)).at_offset(at(heads));
+        let kv = |buf| slice(buf, hk);
+        attn.append(&mut encoder, &mut cache, &Append::new(kv(&kd), kv(&vd), n))?;
         let mut call = Decode::new(
             &cache,
             h,
             n,
-            TensorRef::bthd(&qd, nd, h, d).at_offset(at(h)),
-            TensorRef::bthd(&od, nd, h, d).at_offset(at(h)),
+            slice(&qd, h),
+            slice(&od, h),
         );
         let region = (bsz * h * t0) as u64; // rem of this step: [B, H, n] after earlier steps'
         call.mask = case.mask;
         call.scale = case.scale;
         call.path = case.path;
-        call.splits = case.splits;
-        call.lanes_per_key = case.lanes;
-        call.load = case.load;
-        call.keys_per_step = case.keys_per_step;
+        call.tuning.splits = case.splits;
+        call.tuning.lanes = case.lanes;
+        call.tuning.load = case.load;
+        call.tuning.keys_per_step = case.keys_per_step;
         call.early_exit_eps = case.eps;
         call.log_rem = Some(BufferRef::new(&lremd).at_offset(region));
         call.remainder = match case.rem {
@@ -273,8 +239,8 @@ fn run(attn: &Attention, case: &Case, seqs: &[Seq], bias: &[f32]) -> Result<Outp
             Rem::AddToValue => Remainder::AddToValue,
             Rem::AddBias => Remainder::AddBias(BufferRef::new(&biasb)),
         };
-        plans.push(dec.plan(&call)?);
-        dec.decode(&mut encoder, &call)?;
+        plans.push(attn.decode_plan(&call)?);
+        attn.decode(&mut encoder, &call)?;
         t0 += n;
     }
     let lengths = cache.lengths_buffer().clone();
@@ -310,14 +276,14 @@ fn expected(case: &Case, seqs: &[Seq], bias: &[f32]) -> (Vec<f64>, Vec<f64>, Vec
     let (mut o, mut rem, mut lrem) = (Vec::new(), Vec::new(), Vec::new());
     for (b, s) in seqs.iter().enumerate() {
         let t = case.total(b);
-        let shape = Shape::new(1, t, case.heads, case.head_dim).with_kv_heads(case.kv_heads);
+        let shape = Shape::new().with_batch(1).with_seq_len(t).with_heads(case.heads).with_head_dim(case.head_dim).with_kv_heads(case.kv_heads);
         let remainder = match case.rem {
             Rem::AddToValue => HostRemainder::AddToValue,
             Rem::AddBias => HostRemainder::AddBias(bias),
             _ => HostRemainder::Return,
         };
-        let r = reference::forward(&shape, Layout::Bthd, &s.q, &s.k, &s.v, case.mask, case.scale, &remainder)
-            .expect("reference");
+        let input = HostInput::new(shape, &s.q, &s.k, &s.v).with_mask(case.mask).with_scale(case.scale).with_remainder(remainder);
+        let r = reference::forward(&input).expect("reference");
         let p = case.prefill[b] as usize;
         o.extend_from_slice(&r.o[p * h * d..(p + nd) * h * d]);
         for hh in 0..h {
@@ -330,7 +296,7 @@ fn expected(case: &Case, seqs: &[Seq], bias: &[f32]) -> (Vec<f64>, Vec<f64>, Vec
 }
 
 /// Runs `case` and checks it against the reference; returns the outputs.
-fn check(attn: &Attention, case: &Case) -> Outputs {
+fn check(attn: &'static Attention, case: &Case) -> Outputs {
     let (seqs, bias) = sequences(case);
     let out = run(attn, case, &seqs, &bias).unwrap_or_else(|e| panic!("{case:?}: {e}"));
     let (o, rem, lrem) = expected(case, &seqs, &bias);
@@ -419,6 +385,154 @@ fn ragged_batch() {
     }
 }
 
+/// A paged cache (pages of 16 and 256 tokens, shuffled over a pool with spare pages, both
+/// page layouts) gives the contiguous cache's results bit for bit (the same kernels, the same
+/// order of operations: only the addresses differ), and the reference's: a ragged prefill
+/// append (an empty sequence included), steps of 1 to 16 tokens, forced splits, every load
+/// width, both masks, the remainder modes that read the cache.
+#[test]
+fn paged_cache_matches_contiguous() {
+    let attn = gpu_or_skip!();
+    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for (i, (size, dtype, layout, load, rem)) in [
+        (16, Dtype::F16, Layout::Bthd, Some(Load::Vec8), Rem::AddToValue),
+        (16, Dtype::F32, Layout::Bhtd, Some(Load::Scalar), Rem::Return),
+        (256, Dtype::F16, Layout::Bhtd, None, Rem::Return),
+        (256, Dtype::F32, Layout::Bthd, Some(Load::Vec4), Rem::AddToValue),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mask = if i % 2 == 0 { Mask::Strict } else { Mask::IncludeCurrent };
+        let mut case = Case::new(3, 4, 2, 40, dtype, mask);
+        case.prefill = vec![37, 300, 0];
+        case.steps = vec![1, 4, 16, 1];
+        (case.load, case.cache_layout, case.rem, case.seed) = (load, layout, rem, 40 + i as u64);
+        case.splits = (i % 2 == 1).then_some(5);
+        let contiguous = check(attn, &case);
+        let paged = check(attn, &Case { pages: Some(size), ..case.clone() });
+        assert_eq!(paged.plans, contiguous.plans, "page size {size}");
+        assert!(bits(&paged.o) == bits(&contiguous.o), "page size {size} {case:?}: o differs from the contiguous cache's");
+        assert!(bits(&paged.log_rem) == bits(&contiguous.log_rem), "page size {size}: log rem differs");
+    }
+}
+
+/// Two sequences share their first two pages (a common prompt prefix written once): decoding
+/// both gives each one's reference rows; appending into a shared page is refused.
+#[test]
+fn shared_prefix_pages() {
+    let attn = gpu_or_skip!();
+    let (h, hk, d, ps) = (4u32, 2u32, 32usize, 16u32);
+    let (hd, kd) = (h as usize * d, hk as usize * d);
+    let mut rng = Rng::new(77);
+    // Sequence 0: 40 prompt tokens, then one decoded; sequence 1: sequence 0's first 32, then
+    // 5 of its own, then one decoded.
+    let q0 = rng.normals(41 * hd, 1.0);
+    let (k0, v0) = (rng.normals(41 * kd, 1.0), rng.normals(41 * kd, 1.0));
+    let q1 = rng.normals(38 * hd, 1.0);
+    let own = |x: &[f32], r: &mut Rng| [&x[..32 * kd], &r.normals(6 * kd, 1.0)[..]].concat();
+    let (k1, v1) = (own(&k0, &mut rng), own(&v0, &mut rng));
+    let desc = KvCacheDesc::new(2, hk, d as u32, 64, Dtype::F32).with_pages(ps, 8);
+    let mut cache = KvCache::new(attn, desc).expect("cache");
+    let mut enc = attn.device().create_command_encoder(&Default::default());
+    cache.set_pages(attn, &mut enc, 0, &[5, 2, 7]).unwrap();
+    // [2, 40, Hkv, D]: sequence 0's prompt, nothing for sequence 1.
+    let prompt = |x: &[f32]| buffer(attn, &[&x[..40 * kd], &vec![0.0; 40 * kd][..]].concat(), Dtype::F32);
+    let (kp, vp) = (prompt(&k0), prompt(&v0));
+    attn.append(&mut enc, &mut cache, &Append::new(TensorRef::bthd(&kp), TensorRef::bthd(&vp), 40).with_counts(&[40, 0])).unwrap();
+    // Sequence 1 takes pages 5 and 2 as they are (32 tokens) and a page of its own.
+    cache.set_pages(attn, &mut enc, 1, &[5, 2, 0]).unwrap();
+    cache.set_lengths(attn, &mut enc, &[40, 32]).unwrap();
+    // [2, 5, Hkv, D]: nothing for sequence 0, five tokens for sequence 1.
+    let rest = |x: &[f32]| buffer(attn, &[&vec![0.0; 5 * kd][..], &x[32 * kd..37 * kd]].concat(), Dtype::F32);
+    let (kr, vr) = (rest(&k1), rest(&v1));
+    attn.append(&mut enc, &mut cache, &Append::new(TensorRef::bthd(&kr), TensorRef::bthd(&vr), 5).with_counts(&[0, 5])).unwrap();
+    assert_eq!(cache.lengths(), &[40, 37]);
+    // One decode step for both.
+    let step = |x0: &[f32], x1: &[f32], w: usize| buffer(attn, &[&x0[40 * w..41 * w], &x1[37 * w..38 * w]].concat(), Dtype::F32);
+    let (qs, ks, vs) = (step(&q0, &q1, hd), step(&k0, &k1, kd), step(&v0, &v1, kd));
+    attn.append(&mut enc, &mut cache, &Append::new(TensorRef::bthd(&ks), TensorRef::bthd(&vs), 1)).unwrap();
+    let o = zeros(attn, 4 * 2 * hd as u64);
+    attn.decode(&mut enc, &Decode::new(&cache, h, 1, TensorRef::bthd(&qs), TensorRef::bthd(&o))).unwrap();
+    let got = read(attn, enc, &[(&o, 4 * 2 * hd as u64, Dtype::F32)]).remove(0);
+    let mut want = Vec::new();
+    for (q, k, v, t) in [(&q0, &k0, &v0, 41u32), (&q1, &k1, &v1, 38)] {
+        let shape = Shape::new().with_seq_len(t).with_heads(h).with_kv_heads(hk).with_head_dim(d as u32);
+        let r = reference::forward(&HostInput::new(shape, q, k, v)).unwrap();
+        want.extend_from_slice(&r.o[(t as usize - 1) * hd..]);
+    }
+    let e = compare("shared prefix", &got, &want);
+    assert!(e.max_abs <= F32_TOL, "{e:?}");
+    // Sequence 0 rewound into page 2, which sequence 1 reads too: no append there.
+    let mut enc = attn.device().create_command_encoder(&Default::default());
+    cache.set_lengths(attn, &mut enc, &[30, 38]).unwrap();
+    let err = attn.append(&mut enc, &mut cache, &Append::new(TensorRef::bthd(&ks), TensorRef::bthd(&vs), 1).with_counts(&[1, 0]));
+    assert!(matches!(err, Err(Error::InvalidParameter { name: "pages", .. })), "{err:?}");
+}
+
+/// Every bad page setting is an error before anything is recorded.
+#[test]
+fn bad_page_tables_are_errors() {
+    let attn = gpu_or_skip!();
+    let desc = |size| KvCacheDesc::new(2, 1, 8, 40, Dtype::F32).with_pages(size, 6);
+    for size in [0, 8, 24, 512] {
+        let e = KvCache::new(attn, desc(size)).unwrap_err();
+        assert!(matches!(e, Error::InvalidParameter { name: "page_size", .. }), "{size}: {e:?}");
+    }
+    assert!(matches!(KvCache::new(attn, KvCacheDesc::new(2, 1, 8, 40, Dtype::F32).with_pages(16, 0)), Err(Error::Shape(_))));
+    let mut cache = KvCache::new(attn, desc(16)).unwrap();
+    assert_eq!(cache.desc().max_pages(), 3);
+    let mut enc = attn.device().create_command_encoder(&Default::default());
+    let pages = |e: Result<(), Error>| matches!(e, Err(Error::InvalidParameter { name: "pages", .. }));
+    assert!(pages(cache.set_pages(attn, &mut enc, 2, &[0])), "sequence past the batch");
+    assert!(pages(cache.set_pages(attn, &mut enc, 0, &[0, 1, 2, 3])), "more pages than a sequence has");
+    assert!(pages(cache.set_pages(attn, &mut enc, 0, &[0, 6])), "a page past the pool");
+    assert!(matches!(cache.set_lengths(attn, &mut enc, &[1, 0]), Err(Error::InvalidParameter { name: "lengths", .. })), "tokens on no page");
+    let k = zeros(attn, 4 * 2 * 20 * 8);
+    let app = |n| Append::new(TensorRef::bthd(&k), TensorRef::bthd(&k), n);
+    assert!(pages(attn.append(&mut enc, &mut cache, &app(1))), "append to unset pages");
+    cache.set_pages(attn, &mut enc, 0, &[4]).unwrap();
+    cache.set_pages(attn, &mut enc, 1, &[5, 0]).unwrap();
+    assert!(pages(attn.append(&mut enc, &mut cache, &app(17))), "append past sequence 0's pages");
+    attn.append(&mut enc, &mut cache, &app(16)).unwrap();
+    assert!(pages(cache.set_pages(attn, &mut enc, 1, &[])), "too few pages for the tokens held");
+    assert!(pages(cache.set_pages(attn, &mut enc, 0, &[4]).and_then(|_| attn.append(&mut enc, &mut cache, &app(1)).map(|_| ()))));
+    assert_eq!(cache.lengths(), &[16, 16], "failed calls must not move the mirror");
+    assert_eq!(cache.page_table().unwrap(), &[4, NO_PAGE, NO_PAGE, 5, 0, NO_PAGE]);
+    let mut flat = KvCache::new(attn, KvCacheDesc::new(2, 1, 8, 40, Dtype::F32)).unwrap();
+    assert!(matches!(flat.set_pages(attn, &mut enc, 0, &[0]), Err(Error::Unsupported(_))));
+    assert!(flat.page_table().is_none());
+}
+
+/// A block table (and lengths) overwritten on the GPU behind the cache's back with anything:
+/// every page index is clamped to the pool, so appends write only the pool's last page and
+/// decode reads stay in the pool. Nothing fails on the device.
+#[test]
+fn garbage_gpu_table_is_clamped() {
+    let attn = gpu_or_skip!();
+    let (hk, d, ps, pool) = (1u32, 8u32, 16u32, 4u32);
+    let mut cache = KvCache::new(attn, KvCacheDesc::new(2, hk, d, 48, Dtype::F32).with_pages(ps, pool)).unwrap();
+    let mut enc = attn.device().create_command_encoder(&Default::default());
+    cache.set_pages(attn, &mut enc, 0, &[0, 1]).unwrap();
+    cache.set_pages(attn, &mut enc, 1, &[2]).unwrap();
+    attn.queue().submit([enc.finish()]);
+    // Lengths [3, u32::MAX], then table rows of huge and past-the-pool entries.
+    let garbage: Vec<u32> = vec![3, u32::MAX, u32::MAX, pool, 1 << 30, 7, u32::MAX - 1, 5];
+    attn.queue().write_buffer(cache.lengths_buffer(), 0, bytemuck::cast_slice(&garbage));
+    let ones = buffer(attn, &vec![1.0; 2 * 2 * (hk * d) as usize], Dtype::F32);
+    let mut enc = attn.device().create_command_encoder(&Default::default());
+    attn.append(&mut enc, &mut cache, &Append::new(TensorRef::bthd(&ones), TensorRef::bthd(&ones), 2)).unwrap();
+    let q = buffer(attn, &vec![0.5; 2 * 2 * (hk * d) as usize], Dtype::F32);
+    let o = zeros(attn, 4 * 2 * 2 * (hk * d) as u64);
+    attn.decode(&mut enc, &Decode::new(&cache, hk, 2, TensorRef::bthd(&q), TensorRef::bthd(&o))).unwrap();
+    let bytes = cache.desc().tensor_bytes();
+    let out = read(attn, enc, &[(cache.k().buffer, bytes, Dtype::F32), (&o, 4 * 2 * 2 * (hk * d) as u64, Dtype::F32)]);
+    let page = (ps * hk * d) as usize;
+    assert!(out[0][..3 * page].iter().all(|&x| x == 0.0), "pages 0 to 2 written through a garbage table");
+    assert!(out[0][3 * page..].contains(&1.0), "the appends went to the last page");
+    assert!(out[1].iter().all(|x| x.is_finite()), "decode output {:?}", out[1]);
+}
+
 /// A head dim that is not a multiple of 4 takes the scalar loads; the largest head dim.
 #[test]
 fn odd_and_largest_head_dims() {
@@ -439,11 +553,11 @@ fn forced_variants_match_reference() {
     let attn = gpu_or_skip!();
     // (dtype, load, lanes, keys per step, path)
     let variants = [
-        (Dtype::F16, Load::Vec8, 8, 8, Path::Auto),
-        (Dtype::F16, Load::Vec8, 16, 2, Path::SharedMemory),
-        (Dtype::F16, Load::Vec4, 8, 4, Path::Auto),
-        (Dtype::F16, Load::Scalar, 8, 2, Path::Auto),
-        (Dtype::F32, Load::Vec4, 32, 4, Path::SharedMemory),
+        (Dtype::F16, Load::Vec8, 8, 8, KernelPath::Auto),
+        (Dtype::F16, Load::Vec8, 16, 2, KernelPath::SharedMemory),
+        (Dtype::F16, Load::Vec4, 8, 4, KernelPath::Auto),
+        (Dtype::F16, Load::Scalar, 8, 2, KernelPath::Auto),
+        (Dtype::F32, Load::Vec4, 32, 4, KernelPath::SharedMemory),
     ];
     for (dtype, load, lanes, keys, path) in variants {
         let mut case = Case::new(2, 4, 2, 40, dtype, Mask::IncludeCurrent);
@@ -465,7 +579,7 @@ fn forced_variants_match_reference() {
 #[test]
 fn shader_check_modes() {
     let attn = gpu_or_skip!();
-    for checks in [ShaderChecks::Full, ShaderChecks::Off] {
+    for checks in [ShaderChecks::Full, ShaderChecks::Bounds, ShaderChecks::Off] {
         let base = Case::new(2, 4, 2, 40, Dtype::F16, Mask::Strict);
         check(attn, &Case { prefill: vec![50, 9], steps: vec![1, 1], keys_per_step: Some(4), checks, ..base });
     }
@@ -476,25 +590,26 @@ fn shader_check_modes() {
 /// query group in one block, 16-byte loads, 16 lanes, 4 keys per step; and the splits.
 #[test]
 fn choices_for_a_large_gpu() {
-    use sbattn::decode::{choose_splits, choose_variant, DecodeVariant, Forced};
-    let attn = gpu_or_skip!();
-    let mut caps = decoder(attn).capabilities().clone();
-    caps.adapter.device_type = wgpu::DeviceType::DiscreteGpu;
-    (caps.adapter.subgroup_min_size, caps.adapter.subgroup_max_size) = (32, 32);
-    caps.features |= wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16;
-    caps.limits.max_compute_workgroup_storage_size = 48 << 10;
-    let v = choose_variant(&caps, Dtype::F16, 128, 4, Load::Vec8, Path::Auto, Forced::default()).expect("variant");
-    let want = DecodeVariant { dtype: Dtype::F16, path: Path::Subgroup, load: Load::Vec8, lanes: 16, cols: 2, rows: 4, keys_per_step: 4 };
+    use sbattn::ops::decode::plan::{choose_splits, choose_variant};
+    use sbattn::{Capabilities, DecodeTuning, DecodeVariant};
+    let limits = wgpu::Limits { max_compute_workgroup_storage_size: 48 << 10, ..Default::default() };
+    let mut caps = Capabilities::plain(wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16, limits, 32);
+    caps.device_type = wgpu::DeviceType::DiscreteGpu;
+    let v = choose_variant(&caps, Dtype::F16, 128, 4, Load::Vec8, KernelPath::Auto, &DecodeTuning::default()).expect("variant");
+    let want = DecodeVariant { dtype: Dtype::F16, path: KernelPath::Subgroup, load: Load::Vec8, lanes: 16, cols: 2, rows: 4, keys_per_step: 4 };
     assert_eq!(v, want);
     // Only 8-byte loads allowed (a cache stride of 4 elements): the same layout in two loads
     // per row and lane (8 lanes would hold 16 accumulators).
-    let v4 = choose_variant(&caps, Dtype::F16, 128, 4, Load::Vec4, Path::Auto, Forced::default()).expect("variant");
+    let v4 = choose_variant(&caps, Dtype::F16, 128, 4, Load::Vec4, KernelPath::Auto, &DecodeTuning::default()).expect("variant");
     assert_eq!(v4, DecodeVariant { load: Load::Vec4, ..want });
     // (batch, cache length, splits): 1024 workgroups where the keys allow, at least 4 steps
     // of 4 keys per slot (256 keys per workgroup), at most 32 chunks.
     for (b, len, splits) in [(1, 4096, 16), (1, 32768, 32), (1, 131072, 32), (8, 4096, 16), (8, 131072, 16), (32, 131072, 4)] {
         assert_eq!(choose_splits(&caps, b * 8, len, &v), splits, "B {b} L {len}");
     }
+    // Decode has no tensor-core kernel: forcing it is an error, not a silent fallback.
+    let e = choose_variant(&caps, Dtype::F16, 128, 4, Load::Vec8, KernelPath::CooperativeMatrix, &DecodeTuning::default());
+    assert!(matches!(e, Err(Error::Unsupported(_))), "{e:?}");
 }
 
 #[test]
@@ -554,22 +669,20 @@ fn capacity_exact_and_overflow() {
     assert_eq!(case.spare, 0);
     check(attn, &case); // the longest sequence ends exactly at capacity
 
-    let dec = decoder(attn);
-    let mut cache = KvCache::new(attn.device(), KvCacheDesc::new(2, 1, 8, 5, Dtype::F32)).expect("cache");
+    let mut cache = KvCache::new(attn, KvCacheDesc::new(2, 1, 8, 5, Dtype::F32)).expect("cache");
     let kv = zeros(attn, 2 * 5 * 8 * 4);
     let mut enc = attn.device().create_command_encoder(&Default::default());
-    let t = |n| TensorRef::bthd(&kv, n, 1, 8);
-    dec.append(&mut enc, &mut cache, &Append { counts: Some(&[5, 3]), ..Append::new(t(5), t(5), 5) }).expect("fill");
+    let t = TensorRef::bthd(&kv);
+    attn.append(&mut enc, &mut cache, &Append::new(t, t, 5).with_counts(&[5, 3])).expect("fill");
     assert_eq!(cache.lengths(), &[5, 3]);
-    let err = dec.append(&mut enc, &mut cache, &Append { counts: Some(&[0, 3]), ..Append::new(t(5), t(5), 5) });
+    let err = attn.append(&mut enc, &mut cache, &Append::new(t, t, 5).with_counts(&[0, 3]));
     assert_eq!(err, Err(Error::CacheOverflow { sequence: 1, length: 3, appending: 3, capacity: 5 }));
-    let err = dec.append(&mut enc, &mut cache, &Append::new(t(1), t(1), 1));
+    let err = attn.append(&mut enc, &mut cache, &Append::new(t, t, 1));
     assert!(matches!(err, Err(Error::CacheOverflow { sequence: 0, .. })), "{err:?}");
     assert_eq!(cache.lengths(), &[5, 3]);
-    dec.append(&mut enc, &mut cache, &Append { counts: Some(&[0, 2]), ..Append::new(t(2), t(2), 2) }).expect("top up");
-    cache.set_lengths(&mut enc, &[1, 0]).expect("set lengths");
-    let lens = read(attn, enc, &[(cache.lengths_buffer(), 8, Dtype::F32)]);
-    let lens: Vec<u32> = lens[0].iter().map(|x| x.to_bits()).collect();
+    attn.append(&mut enc, &mut cache, &Append::new(t, t, 2).with_counts(&[0, 2])).expect("top up");
+    cache.set_lengths(attn, &mut enc, &[1, 0]).expect("set lengths");
+    let lens = read_u32(attn, enc, cache.lengths_buffer(), 8);
     assert_eq!(lens, vec![1, 0]);
     assert_eq!(cache.lengths(), &[1, 0]);
 }
@@ -587,7 +700,7 @@ fn cache_on_caller_buffers() {
     let k = CacheTensor { buffer: buf.clone(), offset: 0, strides };
     let v = CacheTensor { buffer: buf.clone(), offset: half, strides };
     let desc = KvCacheDesc::new(b, hk, d, cap, Dtype::F32);
-    let mut cache = KvCache::from_buffers(attn.device(), desc, k, v).expect("cache");
+    let mut cache = KvCache::from_buffers(attn, desc, k, v).expect("cache");
     // Fill it, then decode one token and compare with the reference.
     let mut rng = Rng::new(7);
     let t = 20u32;
@@ -596,45 +709,20 @@ fn cache_on_caller_buffers() {
     let (kb, vb) = (buffer(attn, &kk, Dtype::F32), buffer(attn, &vv, Dtype::F32));
     let qb = buffer(attn, &q, Dtype::F32);
     let ob = zeros(attn, (b * h * d) as u64 * 4);
-    let dec = decoder(attn);
     let mut enc = attn.device().create_command_encoder(&Default::default());
-    dec.append(&mut enc, &mut cache, &Append::new(TensorRef::bthd(&kb, t, hk, d), TensorRef::bthd(&vb, t, hk, d), t)).expect("append");
-    let qlast = TensorRef::bthd(&qb, t, h, d).at_offset(((t - 1) * h * d) as u64);
-    let call = Decode { mask: Mask::IncludeCurrent, ..Decode::new(&cache, h, 1, qlast, TensorRef::bthd(&ob, 1, h, d)) };
-    assert_eq!(dec.plan(&call).expect("plan").variant.load, Load::Vec4, "84-element token stride, f32");
-    dec.decode(&mut enc, &call).expect("decode");
+    attn.append(&mut enc, &mut cache, &Append::new(TensorRef::bthd(&kb), TensorRef::bthd(&vb), t)).expect("append");
+    let qlast = TensorRef::strided(&qb, Layout::Bthd.strides(t, h, d)).at_offset(((t - 1) * h * d) as u64);
+    let call = Decode::new(&cache, h, 1, qlast, TensorRef::bthd(&ob)).with_mask(Mask::IncludeCurrent);
+    assert_eq!(attn.decode_plan(&call).expect("plan").variant.load, Load::Vec4, "84-element token stride, f32");
+    attn.decode(&mut enc, &call).expect("decode");
     let got = read(attn, enc, &[(&ob, (b * h * d) as u64 * 4, Dtype::F32)]).remove(0);
-    let shape = Shape::new(b, t, h, d).with_kv_heads(hk);
-    let r = reference::forward(&shape, Layout::Bthd, &q, &kk, &vv, Mask::IncludeCurrent, None, &HostRemainder::Discard).expect("ref");
+    let shape = Shape::new().with_batch(b).with_seq_len(t).with_heads(h).with_head_dim(d).with_kv_heads(hk);
+    let r = reference::forward(&HostInput::new(shape, &q, &kk, &vv).with_mask(Mask::IncludeCurrent)).expect("ref");
     let want: Vec<f64> = (0..b as usize)
         .flat_map(|bb| r.o[((bb * t as usize + t as usize - 1) * (h * d) as usize)..][..(h * d) as usize].to_vec())
         .collect();
     let e = compare("o", &got, &want);
     assert!(e.max_abs <= F32_TOL, "{e:?}");
-}
-
-/// Rust parameter structs against naga's layout of the WGSL ones.
-#[test]
-fn params_layout_matches_wgsl() {
-    for (kernel, src, size, fields) in sbattn::decode::param_layouts(sbattn::shader::Target::Native) {
-        let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{kernel}: {}", e.emit_to_string(&src)));
-        let (_, ty) = module.types.iter().find(|(_, t)| t.name.as_deref() == Some("Params")).expect("Params");
-        let naga::TypeInner::Struct { members, span } = &ty.inner else { panic!("{kernel}: Params is not a struct") };
-        let wgsl: Vec<(String, usize)> = members.iter().map(|m| (m.name.clone().unwrap_or_default(), m.offset as usize)).collect();
-        assert_eq!(wgsl, fields, "{kernel}");
-        assert_eq!(*span as usize, size, "{kernel}");
-    }
-}
-
-/// The read-bandwidth probe of `examples/bench_decode.rs` (not a library kernel, so not in
-/// `shader::all_sources`) parses and validates.
-#[test]
-fn read_probe_validates() {
-    let src = include_str!("../shaders/decode_read_probe.wgsl");
-    let module = naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{}", e.emit_to_string(src)));
-    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
-        .validate(&module)
-        .unwrap_or_else(|e| panic!("{}", e.emit_to_string(src)));
 }
 
 /// A small valid setup for the bad-input tests: cache of 2 sequences holding 3 tokens.
@@ -651,22 +739,17 @@ const HK: u32 = 2;
 const D: u32 = 8;
 
 fn setup(attn: &Attention) -> Setup {
-    let mut cache = KvCache::new(attn.device(), KvCacheDesc::new(2, HK, D, 6, Dtype::F32)).expect("cache");
+    let mut cache = KvCache::new(attn, KvCacheDesc::new(2, HK, D, 6, Dtype::F32)).expect("cache");
     let mut enc = attn.device().create_command_encoder(&Default::default());
-    cache.set_lengths(&mut enc, &[3, 3]).expect("lengths");
+    cache.set_lengths(attn, &mut enc, &[3, 3]).expect("lengths");
     attn.queue().submit([enc.finish()]);
-    let no_storage = attn.device().create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size: 4096,
-        usage: wgpu::BufferUsages::COPY_SRC,
-        mapped_at_creation: false,
-    });
+    let no_storage = common::plain(attn, 4096, wgpu::BufferUsages::COPY_SRC);
     Setup { cache, q: zeros(attn, 4096), o: zeros(attn, 4096), small: zeros(attn, 16), no_storage }
 }
 
 fn decode_err(attn: &Attention, call: &Decode<'_>) -> Error {
     let mut enc = attn.device().create_command_encoder(&Default::default());
-    match decoder(attn).decode(&mut enc, call) {
+    match attn.decode(&mut enc, call) {
         Ok(()) => panic!("no error for {call:?}"),
         Err(e) => e,
     }
@@ -676,59 +759,59 @@ fn decode_err(attn: &Attention, call: &Decode<'_>) -> Error {
 fn bad_decode_inputs_are_errors() {
     let attn = gpu_or_skip!();
     let s = setup(attn);
-    let t = |buf, n| TensorRef::bthd(buf, n, H, D);
-    let base = |n| Decode::new(&s.cache, H, n, t(&s.q, n), t(&s.o, n));
+    let t = TensorRef::bthd;
+    let base = |n| Decode::new(&s.cache, H, n, t(&s.q), t(&s.o));
     // The valid call works.
     let mut enc = attn.device().create_command_encoder(&Default::default());
-    decoder(attn).decode(&mut enc, &base(2)).expect("valid call");
+    attn.decode(&mut enc, &base(2)).expect("valid call");
 
     let shape = |e: Error| matches!(e, Error::Shape(_));
     let param = |name: &str, e: &Error| matches!(e, Error::InvalidParameter { name: n, .. } if *n == name);
     assert!(shape(decode_err(attn, &base(0))), "no queries");
     assert!(shape(decode_err(attn, &base(17))), "17 queries");
     assert!(shape(decode_err(attn, &base(4))), "more queries than tokens held");
-    assert_eq!(decode_err(attn, &Decode { heads: 3, ..base(1) }), Error::HeadsNotDivisible { heads: 3, kv_heads: 2 });
-    assert!(shape(decode_err(attn, &Decode { heads: 0, ..base(1) })), "0 heads");
-    assert!(matches!(decode_err(attn, &Decode { scale: Some(f32::NAN), ..base(1) }), Error::NonFiniteScale(_)));
-    assert!(matches!(decode_err(attn, &Decode { scale: Some(f32::INFINITY), ..base(1) }), Error::NonFiniteScale(_)));
+    assert_eq!(decode_err(attn, &tweak(base(1), |c| c.heads = 3)), Error::HeadsNotDivisible { heads: 3, kv_heads: 2 });
+    assert!(shape(decode_err(attn, &tweak(base(1), |c| c.heads = 0))), "0 heads");
+    assert!(matches!(decode_err(attn, &tweak(base(1), |c| c.scale = Some(f32::NAN))), Error::NonFiniteScale(_)));
+    assert!(matches!(decode_err(attn, &tweak(base(1), |c| c.scale = Some(f32::INFINITY))), Error::NonFiniteScale(_)));
     for eps in [-1e-3, 1.0, f32::NAN] {
-        assert!(param("early_exit_eps", &decode_err(attn, &Decode { early_exit_eps: eps, ..base(1) })), "eps {eps}");
+        assert!(param("early_exit_eps", &decode_err(attn, &tweak(base(1), |c| c.early_exit_eps = eps))), "eps {eps}");
     }
-    assert!(param("splits", &decode_err(attn, &Decode { splits: Some(0), ..base(1) })));
-    assert!(param("splits", &decode_err(attn, &Decode { splits: Some(1 << 20), ..base(1) })));
-    assert!(param("lanes_per_key", &decode_err(attn, &Decode { lanes_per_key: Some(12), ..base(1) })));
-    assert!(param("keys_per_step", &decode_err(attn, &Decode { keys_per_step: Some(3), ..base(1) })));
+    assert!(param("splits", &decode_err(attn, &tweak(base(1), |c| c.tuning.splits = Some(0)))));
+    assert!(param("splits", &decode_err(attn, &tweak(base(1), |c| c.tuning.splits = Some(1 << 20)))));
+    assert!(param("lanes_per_key", &decode_err(attn, &tweak(base(1), |c| c.tuning.lanes = Some(12)))));
+    assert!(param("keys_per_step", &decode_err(attn, &tweak(base(1), |c| c.tuning.keys_per_step = Some(3)))));
     // An f32 cache has no 8-element loads; an odd head stride allows only scalar ones.
-    assert!(param("load", &decode_err(attn, &Decode { load: Some(Load::Vec8), ..base(1) })));
-    let min_sg = decoder(attn).capabilities().adapter.subgroup_min_size;
+    assert!(param("load", &decode_err(attn, &tweak(base(1), |c| c.tuning.load = Some(Load::Vec8)))));
+    let min_sg = attn.capabilities().subgroup_min_size;
     if min_sg < 64 {
-        let e = decode_err(attn, &Decode { lanes_per_key: Some(64), path: Path::Subgroup, ..base(1) });
+        let e = decode_err(attn, &base(1).with_path(KernelPath::Subgroup).with_tuning(sbattn::DecodeTuning::default().with_lanes(64)));
         assert!(matches!(e, Error::Unsupported(_)), "{e:?}");
     }
     // Tensors.
-    assert!(matches!(decode_err(attn, &Decode { q: t(&s.small, 1), ..base(1) }), Error::BufferTooSmall { tensor: "q", .. }));
-    assert!(matches!(decode_err(attn, &Decode { o: t(&s.small, 1), ..base(1) }), Error::BufferTooSmall { tensor: "o", .. }));
-    assert!(matches!(decode_err(attn, &Decode { o: t(&s.no_storage, 1), ..base(1) }), Error::BufferUsage { tensor: "o", .. }));
-    assert!(matches!(decode_err(attn, &Decode { o: t(&s.q, 1).at_offset(512), ..base(1) }), Error::Aliasing { .. }));
-    let in_cache = TensorRef::bthd(s.cache.v().buffer, 1, H, D);
-    assert!(matches!(decode_err(attn, &Decode { o: in_cache, ..base(1) }), Error::Aliasing { .. }));
-    let overlapping = TensorRef::new(&s.o, 0, Strides { batch: 8, token: 8, head: 4 });
-    assert!(matches!(decode_err(attn, &Decode { o: overlapping, ..base(1) }), Error::Stride { tensor: "o", .. }));
+    assert!(matches!(decode_err(attn, &tweak(base(1), |c| c.q = t(&s.small))), Error::BufferTooSmall { tensor: "q", .. }));
+    assert!(matches!(decode_err(attn, &tweak(base(1), |c| c.o = t(&s.small))), Error::BufferTooSmall { tensor: "o", .. }));
+    assert!(matches!(decode_err(attn, &tweak(base(1), |c| c.o = t(&s.no_storage))), Error::BufferUsage { tensor: "o", .. }));
+    assert!(matches!(decode_err(attn, &tweak(base(1), |c| c.o = t(&s.q).at_offset(512))), Error::Aliasing { .. }));
+    let in_cache = TensorRef::bthd(s.cache.v().buffer);
+    assert!(matches!(decode_err(attn, &tweak(base(1), |c| c.o = in_cache)), Error::Aliasing { .. }));
+    let overlapping = TensorRef::strided(&s.o, Strides { batch: 8, token: 8, head: 4 });
+    assert!(matches!(decode_err(attn, &tweak(base(1), |c| c.o = overlapping)), Error::Stride { tensor: "o", .. }));
     let rem_small = Remainder::Return(BufferRef::new(&s.small));
-    assert!(matches!(decode_err(attn, &Decode { remainder: rem_small, ..base(2) }), Error::BufferTooSmall { tensor: "rem", .. }));
+    assert!(matches!(decode_err(attn, &tweak(base(2), |c| c.remainder = rem_small)), Error::BufferTooSmall { tensor: "rem", .. }));
     let rem_on_o = Remainder::Return(BufferRef::new(&s.o));
-    assert!(matches!(decode_err(attn, &Decode { remainder: rem_on_o, ..base(1) }), Error::Aliasing { .. }));
+    assert!(matches!(decode_err(attn, &tweak(base(1), |c| c.remainder = rem_on_o)), Error::Aliasing { .. }));
     let bias_small = Remainder::AddBias(BufferRef::new(&s.small));
-    assert!(matches!(decode_err(attn, &Decode { remainder: bias_small, ..base(1) }), Error::BufferTooSmall { tensor: "bias", .. }));
+    assert!(matches!(decode_err(attn, &tweak(base(1), |c| c.remainder = bias_small)), Error::BufferTooSmall { tensor: "bias", .. }));
     let lrem_small = Some(BufferRef::new(&s.small).at_offset(2));
-    assert!(matches!(decode_err(attn, &Decode { log_rem: lrem_small, ..base(1) }), Error::BufferTooSmall { tensor: "log_rem", .. }));
+    assert!(matches!(decode_err(attn, &tweak(base(1), |c| c.log_rem = lrem_small)), Error::BufferTooSmall { tensor: "log_rem", .. }));
 }
 
 #[test]
 fn bad_cache_and_append_inputs_are_errors() {
     let attn = gpu_or_skip!();
     let dev = attn.device();
-    let new = |b, hk, d, cap| KvCache::new(dev, KvCacheDesc::new(b, hk, d, cap, Dtype::F32)).err();
+    let new = |b, hk, d, cap| KvCache::new(attn, KvCacheDesc::new(b, hk, d, cap, Dtype::F32)).err();
     assert_eq!(new(2, 2, 0, 4), Some(Error::HeadDim { head_dim: 0, max: 256 }));
     assert_eq!(new(2, 2, 300, 4), Some(Error::HeadDim { head_dim: 300, max: 256 }));
     assert!(matches!(new(0, 2, 8, 4), Some(Error::Shape(_))));
@@ -740,28 +823,27 @@ fn bad_cache_and_append_inputs_are_errors() {
     let desc = KvCacheDesc::new(2, HK, D, 6, Dtype::F32);
     let strides = Layout::Bhtd.strides(6, HK, D);
     let owned = |buffer: &wgpu::Buffer, offset| CacheTensor { buffer: buffer.clone(), offset, strides };
-    let from = |k, v| KvCache::from_buffers(dev, desc, k, v).err();
+    let from = |k, v| KvCache::from_buffers(attn, desc, k, v).err();
     assert!(matches!(from(owned(&s.no_storage, 0), owned(&s.q, 0)), Some(Error::BufferUsage { .. })));
     assert!(matches!(from(owned(&s.small, 0), owned(&s.q, 0)), Some(Error::BufferTooSmall { .. })));
     assert!(matches!(from(owned(&s.q, 0), owned(&s.q, 8)), Some(Error::Aliasing { .. })));
     let bad = CacheTensor { buffer: s.q.clone(), offset: 0, strides: Strides { batch: 96, token: 4, head: 48 } };
     assert!(matches!(from(bad, owned(&s.o, 0)), Some(Error::Stride { .. })));
 
-    let dec = decoder(attn);
-    let mut cache = KvCache::new(dev, desc).expect("cache");
+    let mut cache = KvCache::new(attn, desc).expect("cache");
     let mut enc = dev.create_command_encoder(&Default::default());
-    assert!(matches!(cache.set_lengths(&mut enc, &[1]), Err(Error::HostData { .. })));
-    assert!(matches!(cache.set_lengths(&mut enc, &[1, 7]), Err(Error::CacheOverflow { sequence: 1, .. })));
-    let t = |buf, n| TensorRef::bthd(buf, n, HK, D);
-    let mut append = |call: &Append<'_>| dec.append(&mut enc, &mut cache, call).err();
-    assert!(matches!(append(&Append::new(t(&s.q, 0), t(&s.o, 0), 0)), Some(Error::Shape(_))));
-    assert!(matches!(append(&Append { counts: Some(&[1]), ..Append::new(t(&s.q, 2), t(&s.o, 2), 2) }), Some(Error::HostData { .. })));
-    assert!(matches!(append(&Append { counts: Some(&[1, 3]), ..Append::new(t(&s.q, 2), t(&s.o, 2), 2) }), Some(Error::Shape(_))));
-    assert!(matches!(append(&Append::new(t(&s.q, 7), t(&s.o, 7), 7)), Some(Error::CacheOverflow { .. })));
-    assert!(matches!(append(&Append::new(t(&s.small, 2), t(&s.o, 2), 2)), Some(Error::BufferTooSmall { tensor: "k", .. })));
-    assert!(matches!(append(&Append::new(t(&s.q, 2), t(&s.no_storage, 2), 2)), Some(Error::BufferUsage { tensor: "v", .. })));
+    assert!(matches!(cache.set_lengths(attn, &mut enc, &[1]), Err(Error::HostData { .. })));
+    assert!(matches!(cache.set_lengths(attn, &mut enc, &[1, 7]), Err(Error::CacheOverflow { sequence: 1, .. })));
+    let t = TensorRef::bthd;
+    let mut append = |call: &Append<'_>| attn.append(&mut enc, &mut cache, call).err();
+    assert!(matches!(append(&Append::new(t(&s.q), t(&s.o), 0)), Some(Error::Shape(_))));
+    assert!(matches!(append(&Append::new(t(&s.q), t(&s.o), 2).with_counts(&[1])), Some(Error::HostData { .. })));
+    assert!(matches!(append(&Append::new(t(&s.q), t(&s.o), 2).with_counts(&[1, 3])), Some(Error::Shape(_))));
+    assert!(matches!(append(&Append::new(t(&s.q), t(&s.o), 7)), Some(Error::CacheOverflow { .. })));
+    assert!(matches!(append(&Append::new(t(&s.small), t(&s.o), 2)), Some(Error::BufferTooSmall { tensor: "k", .. })));
+    assert!(matches!(append(&Append::new(t(&s.q), t(&s.no_storage), 2)), Some(Error::BufferUsage { tensor: "v", .. })));
     let kc = cache.k().buffer.clone();
-    let err = dec.append(&mut enc, &mut cache, &Append::new(t(&kc, 2), t(&s.o, 2), 2));
+    let err = attn.append(&mut enc, &mut cache, &Append::new(t(&kc), t(&s.o), 2));
     assert!(matches!(err, Err(Error::Aliasing { .. })), "{err:?}");
     assert_eq!(cache.lengths(), &[0, 0], "failed appends must not move the mirror");
 }

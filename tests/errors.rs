@@ -4,19 +4,15 @@
 
 mod common;
 
-use sbattn::{Attention, BufferRef, Dtype, Error, Forward, Path, Remainder, Shape, Strides, TensorRef};
+use common::tweak;
+use sbattn::{Attention, BufferRef, Dtype, Error, Forward, KernelPath, Remainder, Shape, Strides, TensorRef};
 
 const T: u32 = 10;
 const H: u32 = 2;
 const D: u32 = 8;
 
 fn buf(attn: &Attention, elems: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
-    attn.device().create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size: (elems * 4).next_multiple_of(4).max(4),
-        usage,
-        mapped_at_creation: false,
-    })
+    common::plain(attn, (elems * 4).max(4), usage)
 }
 
 struct Bufs {
@@ -34,8 +30,8 @@ fn bufs(attn: &Attention) -> Bufs {
 }
 
 fn call<'a>(b: &'a Bufs) -> Forward<'a> {
-    let shape = Shape::new(1, T, H, D);
-    let t = |x| TensorRef::bthd(x, T, H, D);
+    let shape = Shape::new().with_batch(1).with_seq_len(T).with_heads(H).with_head_dim(D);
+    let t = |x| TensorRef::bthd(x);
     Forward::new(shape, Dtype::F32, t(&b.q), t(&b.k), t(&b.v), t(&b.o))
 }
 
@@ -63,8 +59,8 @@ fn valid_call_is_accepted() {
 fn zero_sizes() {
     let attn = gpu_or_skip!();
     let b = bufs(attn);
-    for shape in [Shape::new(0, T, H, D), Shape::new(1, 0, H, D), Shape::new(1, T, 0, D), Shape::new(1, T, H, D).with_kv_heads(0)] {
-        let c = Forward { shape, ..call(&b) };
+    for shape in [Shape::new().with_batch(0).with_seq_len(T).with_heads(H).with_head_dim(D), Shape::new().with_batch(1).with_seq_len(0).with_heads(H).with_head_dim(D), Shape::new().with_batch(1).with_seq_len(T).with_heads(0).with_head_dim(D), Shape::new().with_batch(1).with_seq_len(T).with_heads(H).with_head_dim(D).with_kv_heads(0)] {
+        let c = tweak(call(&b), |c| c.shape = shape);
         assert!(matches!(err(attn, &c), Error::Shape(_)));
     }
 }
@@ -74,7 +70,7 @@ fn unsupported_head_dims() {
     let attn = gpu_or_skip!();
     let b = bufs(attn);
     for d in [0, 257, 1000] {
-        let c = Forward { shape: Shape::new(1, T, H, d), ..call(&b) };
+        let c = tweak(call(&b), |c| c.shape = Shape::new().with_batch(1).with_seq_len(T).with_heads(H).with_head_dim(d));
         assert!(matches!(err(attn, &c), Error::HeadDim { head_dim, max: 256 } if head_dim == d));
     }
 }
@@ -83,7 +79,7 @@ fn unsupported_head_dims() {
 fn heads_not_divisible() {
     let attn = gpu_or_skip!();
     let b = bufs(attn);
-    let c = Forward { shape: Shape::new(1, T, 3, D).with_kv_heads(2), ..call(&b) };
+    let c = tweak(call(&b), |c| c.shape = Shape::new().with_batch(1).with_seq_len(T).with_heads(3).with_head_dim(D).with_kv_heads(2));
     assert!(matches!(err(attn, &c), Error::HeadsNotDivisible { heads: 3, kv_heads: 2 }));
 }
 
@@ -92,7 +88,7 @@ fn non_finite_scale() {
     let attn = gpu_or_skip!();
     let b = bufs(attn);
     for s in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-        let c = Forward { scale: Some(s), ..call(&b) };
+        let c = tweak(call(&b), |c| c.scale = Some(s));
         assert!(matches!(err(attn, &c), Error::NonFiniteScale(_)));
     }
 }
@@ -102,7 +98,7 @@ fn buffer_too_small() {
     let attn = gpu_or_skip!();
     let b = bufs(attn);
     let small = buf(attn, (T * H * D - 1) as u64, wgpu::BufferUsages::STORAGE);
-    let c = Forward { k: TensorRef::bthd(&small, T, H, D), ..call(&b) };
+    let c = tweak(call(&b), |c| c.k = TensorRef::bthd(&small));
     assert!(matches!(err(attn, &c), Error::BufferTooSmall { tensor: "k", .. }));
 }
 
@@ -111,7 +107,7 @@ fn offset_past_the_end() {
     let attn = gpu_or_skip!();
     let b = bufs(attn);
     let c = call(&b);
-    let c = Forward { v: c.v.at_offset(1), ..c };
+    let c = tweak(c, |c| c.v = c.v.at_offset(1));
     assert!(matches!(err(attn, &c), Error::BufferTooSmall { tensor: "v", .. }));
 }
 
@@ -120,7 +116,7 @@ fn strides_past_the_end() {
     let attn = gpu_or_skip!();
     let b = bufs(attn);
     let c = call(&b);
-    let c = Forward { q: TensorRef::new(&b.q, 0, Strides { batch: 0, token: H as u64 * D as u64 + 1, head: D as u64 }), ..c };
+    let c = tweak(c, |c| c.q = TensorRef::strided(&b.q, Strides { batch: 0, token: H as u64 * D as u64 + 1, head: D as u64 }));
     assert!(matches!(err(attn, &c), Error::BufferTooSmall { tensor: "q", .. }));
 }
 
@@ -129,7 +125,7 @@ fn missing_storage_usage() {
     let attn = gpu_or_skip!();
     let b = bufs(attn);
     let uniform = buf(attn, (T * H * D) as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST);
-    let c = Forward { q: TensorRef::bthd(&uniform, T, H, D), ..call(&b) };
+    let c = tweak(call(&b), |c| c.q = TensorRef::bthd(&uniform));
     assert!(matches!(err(attn, &c), Error::BufferUsage { tensor: "q", .. }));
 }
 
@@ -138,10 +134,10 @@ fn overlapping_output_strides() {
     let attn = gpu_or_skip!();
     let b = bufs(attn);
     // Heads 4 elements apart with D = 8: rows of o overlap.
-    let c = Forward { o: TensorRef::new(&b.o, 0, Strides { batch: 0, token: (H * D) as u64, head: 4 }), ..call(&b) };
+    let c = tweak(call(&b), |c| c.o = TensorRef::strided(&b.o, Strides { batch: 0, token: (H * D) as u64, head: 4 }));
     assert!(matches!(err(attn, &c), Error::Stride { tensor: "o", .. }));
     // Token stride 0 with T > 1: every token writes the same row.
-    let c = Forward { o: TensorRef::new(&b.o, 0, Strides { batch: 0, token: 0, head: D as u64 }), ..call(&b) };
+    let c = tweak(call(&b), |c| c.o = TensorRef::strided(&b.o, Strides { batch: 0, token: 0, head: D as u64 }));
     assert!(matches!(err(attn, &c), Error::Stride { tensor: "o", .. }));
 }
 
@@ -149,7 +145,7 @@ fn overlapping_output_strides() {
 fn output_on_an_input_buffer() {
     let attn = gpu_or_skip!();
     let b = bufs(attn);
-    let c = Forward { o: TensorRef::bthd(&b.q, T, H, D), ..call(&b) };
+    let c = tweak(call(&b), |c| c.o = TensorRef::bthd(&b.q));
     assert!(matches!(err(attn, &c), Error::Aliasing { a: "q", b: "o" }));
 }
 
@@ -157,11 +153,7 @@ fn output_on_an_input_buffer() {
 fn overlapping_outputs() {
     let attn = gpu_or_skip!();
     let b = bufs(attn);
-    let c = Forward {
-        remainder: Remainder::Return(BufferRef::new(&b.rows)),
-        log_rem: Some(BufferRef::new(&b.rows)),
-        ..call(&b)
-    };
+    let c = call(&b).with_remainder(Remainder::Return(BufferRef::new(&b.rows))).with_log_rem(BufferRef::new(&b.rows));
     assert!(matches!(err(attn, &c), Error::Aliasing { a: "rem", b: "log_rem" }));
 }
 
@@ -170,9 +162,9 @@ fn row_output_too_small() {
     let attn = gpu_or_skip!();
     let b = bufs(attn);
     let small = buf(attn, (H * T - 1) as u64, wgpu::BufferUsages::STORAGE);
-    let c = Forward { remainder: Remainder::Return(BufferRef::new(&small)), ..call(&b) };
+    let c = tweak(call(&b), |c| c.remainder = Remainder::Return(BufferRef::new(&small)));
     assert!(matches!(err(attn, &c), Error::BufferTooSmall { tensor: "rem", .. }));
-    let c = Forward { log_rem: Some(BufferRef::new(&small)), ..call(&b) };
+    let c = tweak(call(&b), |c| c.log_rem = Some(BufferRef::new(&small)));
     assert!(matches!(err(attn, &c), Error::BufferTooSmall { tensor: "log_rem", .. }));
 }
 
@@ -181,7 +173,7 @@ fn bias_too_small() {
     let attn = gpu_or_skip!();
     let b = bufs(attn);
     let small = buf(attn, (H * D - 1) as u64, wgpu::BufferUsages::STORAGE);
-    let c = Forward { remainder: Remainder::AddBias(BufferRef::new(&small)), ..call(&b) };
+    let c = tweak(call(&b), |c| c.remainder = Remainder::AddBias(BufferRef::new(&small)));
     assert!(matches!(err(attn, &c), Error::BufferTooSmall { tensor: "bias", .. }));
 }
 
@@ -189,13 +181,19 @@ fn bias_too_small() {
 fn dispatch_over_the_limit() {
     let attn = gpu_or_skip!();
     let limit = attn.capabilities().limits.max_compute_workgroups_per_dimension;
-    let batch = limit + 1;
-    let n = batch as u64; // T = H = D = 1
+    let n = limit as u64 + 1; // T = D = 1
     let s = wgpu::BufferUsages::STORAGE;
     let (q, k, v, o) = (buf(attn, n, s), buf(attn, n, s), buf(attn, n, s), buf(attn, n, s));
-    let t = |x| TensorRef::bthd(x, 1, 1, 1);
-    let c = Forward::new(Shape::new(batch, 1, 1, 1), Dtype::F32, t(&q), t(&k), t(&v), t(&o));
+    let t = |x| TensorRef::bthd(x);
+    let shape = Shape::new().with_seq_len(1).with_head_dim(1);
+    // Heads are dispatch y: one more than the limit is refused.
+    let c = Forward::new(shape.with_heads(limit + 1), Dtype::F32, t(&q), t(&k), t(&v), t(&o));
     assert!(matches!(err(attn, &c), Error::Limit { .. }));
+    // Work items (sequence, query tile) spread over dispatch x and z: a batch past the limit
+    // of one dimension is accepted.
+    let c = Forward::new(shape.with_batch(limit + 1).with_heads(1), Dtype::F32, t(&q), t(&k), t(&v), t(&o));
+    let mut enc = attn.device().create_command_encoder(&Default::default());
+    attn.forward(&mut enc, &c).expect("a batch past one dispatch dimension");
 }
 
 /// A device made without SHADER_F16 and SUBGROUP refuses f16 and the forced subgroup path.
@@ -204,18 +202,18 @@ fn missing_features() {
     let Some(full) = common::attention() else { return };
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
-    let name = &full.capabilities().adapter.name;
+    let name = &full.capabilities().name;
     let adapter = adapters.into_iter().find(|a| &a.get_info().name == name).expect("same adapter");
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
     let attn = Attention::new(&device, &queue);
     let b = bufs(&attn);
-    let c = Forward { dtype: Dtype::F16, ..call(&b) };
+    let c = tweak(call(&b), |c| c.dtype = Dtype::F16);
     assert!(matches!(err(&attn, &c), Error::Unsupported(_)));
-    let c = Forward { path: Path::Subgroup, ..call(&b) };
+    let c = tweak(call(&b), |c| c.path = KernelPath::Subgroup);
     assert!(matches!(err(&attn, &c), Error::Unsupported(_)));
     // The shared-memory path still runs there.
     let mut enc = device.create_command_encoder(&Default::default());
-    attn.forward(&mut enc, &Forward { path: Path::Auto, ..call(&b) }).unwrap();
+    attn.forward(&mut enc, &tweak(call(&b), |c| c.path = KernelPath::Auto)).unwrap();
     queue.submit([enc.finish()]);
 }
 
@@ -223,7 +221,7 @@ fn missing_features() {
 #[test]
 fn host_data_lengths() {
     let attn = gpu_or_skip!();
-    let shape = Shape::new(1, T, H, D);
+    let shape = Shape::new().with_batch(1).with_seq_len(T).with_heads(H).with_head_dim(D);
     let n = (T * H * D) as usize;
     let x = vec![0.5f32; n];
     let short = vec![0.5f32; n - 1];

@@ -21,8 +21,8 @@
 
 mod common;
 
-use common::{compare, Rng};
-use sbattn::{reference, round_to, Attention, Dtype, HostInput, HostRemainder, Layout, Mask, Path, Shape};
+use common::{check_close, Rng};
+use sbattn::{reference, round_to, Attention, Dtype, HostInput, HostRemainder, Layout, Mask, Shape};
 
 #[derive(Clone, Copy, Debug)]
 struct Case {
@@ -32,16 +32,6 @@ struct Case {
     mask: Mask,
     rem: u8, // 0 discard, 1 return, 2 add value, 3 add bias
     scale: Option<f32>,
-}
-
-/// Element-wise bound check; returns (max error, relative RMS).
-fn check(what: &str, got: &[f32], want: &[f64], rel_round: f64, abs_extra: f64) -> (f64, f64) {
-    let e = compare(what, got, want);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let tol = rel_round * w.abs() + 2e-5 * (1.0 + w.abs()) + abs_extra;
-        assert!((g as f64 - w).abs() <= tol, "{what}[{i}]: gpu {g} vs reference {w} (tol {tol:e})");
-    }
-    (e.max_abs, e.rel_rms)
 }
 
 /// Runs `case` on every forced path and checks o, rem and log rem against the reference.
@@ -54,52 +44,49 @@ fn run_case(case: Case, seed: u64) {
 fn run_case_on(attn: &Attention, case: Case, seed: u64) {
     let s = case.shape;
     let mut rng = Rng::new(seed);
-    let nq = (s.batch * s.seq_len * s.heads * s.head_dim) as usize;
-    let nkv = (s.batch * s.seq_len * s.kv_heads * s.head_dim) as usize;
+    let nq = (s.batch() * s.seq_len() * s.heads() * s.head_dim()) as usize;
+    let nkv = (s.batch() * s.seq_len() * s.kv_heads() * s.head_dim()) as usize;
     let q = round_to(&rng.normals(nq, 1.0), case.dtype);
     let k = round_to(&rng.normals(nkv, 1.0), case.dtype);
     let v = round_to(&rng.normals(nkv, 1.0), case.dtype);
-    let bias = round_to(&rng.normals((s.heads * s.head_dim) as usize, 1.0), case.dtype);
+    let bias = round_to(&rng.normals((s.heads() * s.head_dim()) as usize, 1.0), case.dtype);
     let remainder = match case.rem {
         0 => HostRemainder::Discard,
         1 => HostRemainder::Return,
         2 => HostRemainder::AddToValue,
         _ => HostRemainder::AddBias(&bias),
     };
-    let want = reference::forward(&s, case.layout, &q, &k, &v, case.mask, case.scale, &remainder).unwrap();
+    let base = HostInput::new(s, &q, &k, &v)
+        .with_layout(case.layout)
+        .with_dtype(case.dtype)
+        .with_mask(case.mask)
+        .with_scale(case.scale)
+        .with_remainder(remainder);
+    let want = reference::forward(&base).unwrap();
     let rel_round = if case.dtype == Dtype::F16 { 2f64.powi(-11) } else { 0.0 };
     let rms_limit = if case.dtype == Dtype::F16 { 5e-4 } else { 1e-5 };
     let max_v = v.iter().fold(0.0f64, |m, x| m.max(x.abs() as f64));
     let mut ran = 0;
-    for path in [Path::Subgroup, Path::SharedMemory, Path::CooperativeMatrix] {
-        if let Err(e) = attn.plan(case.dtype, s.head_dim, path) {
+    for path in common::ALL_PATHS {
+        if let Err(e) = attn.forward_variant(case.dtype, s.head_dim(), path) {
             eprintln!("{case:?}: {path:?} skipped on this adapter: {e}");
             continue;
         }
         // The tensor-core path also rounds each weight to f16 (relative 2^-11, absolute
         // 2^-25 below f16's normal range) before P V: |o error| <= that times sum_j |v_j|
         // over the weights, at most (2^-11 + T 2^-25) max |v|.
-        let abs_extra = if path == Path::CooperativeMatrix {
-            (2f64.powi(-11) + s.seq_len as f64 * 2f64.powi(-25)) * max_v
+        let abs_extra = if path.is_cooperative() {
+            (2f64.powi(-11) + s.seq_len() as f64 * 2f64.powi(-25)) * max_v
         } else {
             0.0
         };
-        let input = HostInput {
-            layout: case.layout,
-            dtype: case.dtype,
-            mask: case.mask,
-            scale: case.scale,
-            remainder,
-            path,
-            ..HostInput::new(s, &q, &k, &v)
-        };
-        let got = attn.run_host_blocking(&input).unwrap();
-        let (eo, rms) = check(&format!("{case:?} {path:?} o"), &got.o, &want.o, rel_round, abs_extra);
-        let rms_limit = if path == Path::CooperativeMatrix { 2.0 * rms_limit } else { rms_limit };
+        let got = attn.run_host_blocking(&base.with_path(path)).unwrap();
+        let (eo, rms) = check_close(&format!("{case:?} {path:?} o"), &got.o, &want.o, rel_round, abs_extra);
+        let rms_limit = if path.is_cooperative() { 2.0 * rms_limit } else { rms_limit };
         assert!(rms <= rms_limit, "{case:?} {path:?}: relative RMS {rms:e} > {rms_limit:e}");
-        check(&format!("{case:?} {path:?} log_rem"), &got.log_rem, &want.log_rem, 0.0, 0.0);
+        check_close(&format!("{case:?} {path:?} log_rem"), &got.log_rem, &want.log_rem, 0.0, 0.0);
         if let Some(rem) = &got.rem {
-            check(&format!("{case:?} {path:?} rem"), rem, &want.rem, 0.0, 0.0);
+            check_close(&format!("{case:?} {path:?} rem"), rem, &want.rem, 0.0, 0.0);
         }
         assert_eq!(got.rem.is_some(), case.rem == 1);
         eprintln!("{:?} {path:?}: max |err| {eo:.2e}, rel RMS {rms:.2e}", case);
@@ -123,12 +110,12 @@ fn grid_case(ti: usize, di: usize) -> Case {
         1 => (8, 2),
         _ => (if long { 2 } else { 4 }, 1),    // multi-query
     };
-    let batch = if long || n % 2 == 0 { 1 } else { 3 };
+    let batch = if long || n.is_multiple_of(2) { 1 } else { 3 };
     Case {
-        shape: Shape::new(batch, t, heads, DS[di]).with_kv_heads(kv_heads),
-        layout: if (n / 2) % 2 == 0 { Layout::Bthd } else { Layout::Bhtd },
-        dtype: if (ti + di) % 2 == 0 { Dtype::F32 } else { Dtype::F16 },
-        mask: if (n / 5) % 2 == 0 { Mask::Strict } else { Mask::IncludeCurrent },
+        shape: Shape::new().with_batch(batch).with_seq_len(t).with_heads(heads).with_head_dim(DS[di]).with_kv_heads(kv_heads),
+        layout: if (n / 2).is_multiple_of(2) { Layout::Bthd } else { Layout::Bhtd },
+        dtype: if (ti + di).is_multiple_of(2) { Dtype::F32 } else { Dtype::F16 },
+        mask: if (n / 5).is_multiple_of(2) { Mask::Strict } else { Mask::IncludeCurrent },
         rem: ((n / 7 + n) % 4) as u8,
         scale: None,
     }
@@ -168,7 +155,7 @@ fn all_options_small_shape() {
                 for rem in 0..4 {
                     for (h, hk) in [(3, 3), (6, 2), (4, 1)] {
                         seed += 1;
-                        let shape = Shape::new(2, 37, h, 24).with_kv_heads(hk);
+                        let shape = Shape::new().with_batch(2).with_seq_len(37).with_heads(h).with_head_dim(24).with_kv_heads(hk);
                         run_case(Case { shape, layout, dtype, mask, rem, scale: None }, seed);
                     }
                 }
@@ -180,7 +167,7 @@ fn all_options_small_shape() {
 #[test]
 fn explicit_scales() {
     for (i, scale) in [0.0f32, 0.05, 1.0, -0.3].into_iter().enumerate() {
-        let shape = Shape::new(1, 77, 2, 40);
+        let shape = Shape::new().with_batch(1).with_seq_len(77).with_heads(2).with_head_dim(40);
         let case = Case { shape, layout: Layout::Bthd, dtype: Dtype::F32, mask: Mask::IncludeCurrent, rem: 1, scale: Some(scale) };
         run_case(case, 50 + i as u64);
     }
@@ -199,7 +186,7 @@ fn runtime_check_levels() {
     let unchecked = unsafe { base().without_runtime_checks() };
     for (attn, cases) in [(base().with_full_runtime_checks(), [(65u32, 48u32, Dtype::F32), (33, 64, Dtype::F16)]), (unchecked, [(130, 128, Dtype::F16), (33, 256, Dtype::F32)])] {
         for (i, (t, d, dtype)) in cases.into_iter().enumerate() {
-            let shape = Shape::new(2, t, 4, d).with_kv_heads(2);
+            let shape = Shape::new().with_batch(2).with_seq_len(t).with_heads(4).with_head_dim(d).with_kv_heads(2);
             let case = Case { shape, layout: Layout::Bhtd, dtype, mask: Mask::Strict, rem: (i % 4) as u8, scale: None };
             run_case_on(&attn, case, 900 + i as u64);
         }

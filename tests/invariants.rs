@@ -1,40 +1,32 @@
-//! Properties that hold for any input (ALGORITHM.md, "Invariants a test can check"), several
+//! Properties that hold for any input (docs/ALGORITHM.md, "Invariants a test can check"), several
 //! calls in one encoder, and the early-exit bound.
 #![cfg(not(target_arch = "wasm32"))]
 
 mod common;
 
-use common::{compare, Rng};
+use common::{buffer, compare, paths, read, zeros, Rng};
 use sbattn::{
-    reference, round_to, readback_later, from_bytes, to_bytes, Attention, BufferRef, Dtype, Forward, HostInput,
-    HostRemainder, Layout, Mask, Path, Remainder, Shape, TensorRef,
+    reference, KernelPath, round_to, BufferRef, Dtype, Forward, HostInput, HostRemainder, Layout, Mask, Remainder, Shape, Strides,
+    TensorRef,
 };
-use wgpu::util::DeviceExt;
-
-/// Every path this device can run for `dtype` at head dim `d`.
-fn paths(attn: &Attention, dtype: Dtype, d: u32) -> Vec<Path> {
-    let all = [Path::Subgroup, Path::SharedMemory, Path::CooperativeMatrix];
-    let ok: Vec<Path> = all.into_iter().filter(|p| attn.plan(dtype, d, *p).is_ok()).collect();
-    assert!(!ok.is_empty());
-    ok
-}
 
 /// The reference's weights: every row of `A` is non-negative and sums with `rem` to 1.
 #[test]
 fn reference_weights_and_rem_sum_to_one() {
-    let shape = Shape::new(1, 90, 1, 16);
+    let shape = Shape::new().with_batch(1).with_seq_len(90).with_heads(1).with_head_dim(16);
     let mut rng = Rng::new(7);
     let q = rng.normals(90 * 16, 1.5);
     let k = rng.normals(90 * 16, 1.5);
     for mask in [Mask::Strict, Mask::IncludeCurrent] {
-        let a = reference::weights(&shape, Layout::Bthd, &q, &k, mask, None, 0, 0).unwrap();
-        let out = reference::forward(&shape, Layout::Bthd, &q, &k, &k, mask, None, &HostRemainder::Return).unwrap();
+        let input = HostInput::new(shape, &q, &k, &k).with_mask(mask).with_remainder(HostRemainder::Return);
+        let a = reference::weights(&input, 0, 0).unwrap();
+        let out = reference::forward(&input).unwrap();
         for i in 0..90 {
             let row = &a[i * 90..(i + 1) * 90];
             assert!(row.iter().all(|&x| x >= 0.0));
             let s: f64 = row.iter().sum::<f64>() + out.rem[i];
             assert!((s - 1.0).abs() < 1e-12, "row {i}: {s}");
-            let visible = reference::visible(i as u32, mask) as usize;
+            let visible = mask.visible(i as u32) as usize;
             assert!(row[visible..].iter().all(|&x| x == 0.0), "row {i} sees the future");
         }
     }
@@ -45,7 +37,7 @@ fn reference_weights_and_rem_sum_to_one() {
 #[test]
 fn gpu_weights_and_rem_sum_to_one() {
     let attn = gpu_or_skip!();
-    let shape = Shape::new(2, 150, 3, 40);
+    let shape = Shape::new().with_batch(2).with_seq_len(150).with_heads(3).with_head_dim(40);
     let n = (2 * 150 * 3 * 40) as usize;
     let mut rng = Rng::new(11);
     for dtype in [Dtype::F32, Dtype::F16] {
@@ -57,8 +49,8 @@ fn gpu_weights_and_rem_sum_to_one() {
         let ones = vec![1.0f32; n];
         for path in paths(attn, dtype, 40) {
             for mask in [Mask::Strict, Mask::IncludeCurrent] {
-                let base = HostInput { dtype, mask, path, ..HostInput::new(shape, &q, &k, &ones) };
-                let out = attn.run_host_blocking(&HostInput { remainder: HostRemainder::Return, ..base }).unwrap();
+                let base = HostInput::new(shape, &q, &k, &ones).with_dtype(dtype).with_mask(mask).with_path(path);
+                let out = attn.run_host_blocking(&base.with_remainder(HostRemainder::Return)).unwrap();
                 let rem = out.rem.unwrap();
                 let tol = if dtype == Dtype::F16 { 2e-3 } else { 2e-5 };
                 for (idx, &r) in rem.iter().enumerate() {
@@ -68,7 +60,7 @@ fn gpu_weights_and_rem_sum_to_one() {
                     let o = out.o[((b * 150 + i) * 3 + h) * 40];
                     assert!((o + r - 1.0).abs() < tol, "{dtype:?} {path:?} {mask:?}: o {o} + rem {r} != 1");
                 }
-                let out = attn.run_host_blocking(&HostInput { remainder: HostRemainder::AddToValue, ..base }).unwrap();
+                let out = attn.run_host_blocking(&base.with_remainder(HostRemainder::AddToValue)).unwrap();
                 assert!(out.o.iter().all(|&x| (x - 1.0).abs() < tol), "{dtype:?} {path:?}: AddToValue with v = 1");
             }
         }
@@ -79,12 +71,12 @@ fn gpu_weights_and_rem_sum_to_one() {
 #[test]
 fn row_zero_is_empty() {
     let attn = gpu_or_skip!();
-    let shape = Shape::new(1, 40, 2, 32);
+    let shape = Shape::new().with_batch(1).with_seq_len(40).with_heads(2).with_head_dim(32);
     let mut rng = Rng::new(3);
     let x = rng.normals(40 * 2 * 32, 1.0);
     for dtype in [Dtype::F32, Dtype::F16] {
         for path in paths(attn, dtype, 32) {
-            let input = HostInput { dtype, path, remainder: HostRemainder::Return, ..HostInput::new(shape, &x, &x, &x) };
+            let input = HostInput::new(shape, &x, &x, &x).with_dtype(dtype).with_path(path).with_remainder(HostRemainder::Return);
             let out = attn.run_host_blocking(&input).unwrap();
             for h in 0..2 {
                 assert!(out.o[h * 32..(h + 1) * 32].iter().all(|&v| v == 0.0), "{path:?}");
@@ -99,13 +91,13 @@ fn row_zero_is_empty() {
 #[test]
 fn current_token_takes_the_stick() {
     let attn = gpu_or_skip!();
-    let shape = Shape::new(1, 70, 2, 16);
+    let shape = Shape::new().with_batch(1).with_seq_len(70).with_heads(2).with_head_dim(16);
     let n = 70 * 2 * 16;
     let mut rng = Rng::new(5);
     let q = rng.normals(n, 1.0);
     let v = rng.normals(n, 1.0);
     for path in paths(attn, Dtype::F32, 16) {
-        let input = HostInput { mask: Mask::IncludeCurrent, scale: Some(200.0), path, ..HostInput::new(shape, &q, &q, &v) };
+        let input = HostInput::new(shape, &q, &q, &v).with_mask(Mask::IncludeCurrent).with_scale(Some(200.0)).with_path(path);
         let out = attn.run_host_blocking(&input).unwrap();
         // z_ii = 200 |q_i|^2 is huge, so beta_ii = 1 to f32 precision.
         for (g, w) in out.o.iter().zip(&v) {
@@ -119,7 +111,7 @@ fn current_token_takes_the_stick() {
 #[test]
 fn huge_logits_stay_finite_and_exact() {
     let attn = gpu_or_skip!();
-    let shape = Shape::new(1, 100, 2, 8);
+    let shape = Shape::new().with_batch(1).with_seq_len(100).with_heads(2).with_head_dim(8);
     let n = 100 * 2 * 8;
     let mut rng = Rng::new(9);
     let mut tern = |_| [-1.0f32, 0.0, 1.0][(rng.next_u64() % 3) as usize];
@@ -131,16 +123,14 @@ fn huge_logits_stay_finite_and_exact() {
         for path in paths(attn, dtype, 8) {
             for mask in [Mask::Strict, Mask::IncludeCurrent] {
                 for scale in [1e4f32, -1e4] {
-                    let input = HostInput {
-                        dtype,
-                        path,
-                        mask,
-                        scale: Some(scale),
-                        remainder: HostRemainder::Return,
-                        ..HostInput::new(shape, &q, &k, &v)
-                    };
+                    let input = HostInput::new(shape, &q, &k, &v)
+                        .with_dtype(dtype)
+                        .with_path(path)
+                        .with_mask(mask)
+                        .with_scale(Some(scale))
+                        .with_remainder(HostRemainder::Return);
                     let out = attn.run_host_blocking(&input).unwrap();
-                    let want = reference::forward(&shape, Layout::Bthd, &q, &k, &v, mask, Some(scale), &HostRemainder::Return).unwrap();
+                    let want = reference::forward(&input).unwrap();
                     let tol = if dtype == Dtype::F16 { 5e-3 } else { 1e-5 };
                     let e = compare("o", &out.o, &want.o);
                     assert!(e.max_abs < tol, "{dtype:?} {path:?} {mask:?} {scale}: {e:?}");
@@ -157,7 +147,7 @@ fn huge_logits_stay_finite_and_exact() {
     // Random (inexact) huge logits: finite, rem in [0, 1].
     let q = Rng::new(12).normals(n, 300.0);
     for path in paths(attn, Dtype::F32, 8) {
-        let input = HostInput { path, remainder: HostRemainder::Return, ..HostInput::new(shape, &q, &q, &v) };
+        let input = HostInput::new(shape, &q, &q, &v).with_path(path).with_remainder(HostRemainder::Return);
         let out = attn.run_host_blocking(&input).unwrap();
         assert!(out.o.iter().all(|x| x.is_finite()));
         assert!(out.rem.unwrap().iter().all(|r| (0.0..=1.0).contains(r)));
@@ -171,11 +161,11 @@ fn huge_logits_stay_finite_and_exact() {
 fn early_exit_bound() {
     let attn = gpu_or_skip!();
     let (t, h, d) = (700u32, 2u32, 32u32);
-    let shape = Shape::new(1, t, h, d);
+    let shape = Shape::new().with_batch(1).with_seq_len(t).with_heads(h).with_head_dim(d);
     let mut rng = Rng::new(21);
     // q = u + noise, k = -u + noise with u = +-1 per head: logits near -2.5 at this scale,
     // about 0.08 of log-stick per key, so exp(carry) crosses 1e-2 and 1e-4 after a few tiles.
-    let u: Vec<f32> = (0..h * d).map(|_| if rng.next_u64() % 2 == 0 { 1.0 } else { -1.0 }).collect();
+    let u: Vec<f32> = (0..h * d).map(|_| if rng.next_u64().is_multiple_of(2) { 1.0 } else { -1.0 }).collect();
     let mut make = |sign: f32| -> Vec<f32> {
         (0..t * h * d).map(|x| sign * u[(x % (h * d)) as usize] + 0.3 * rng.normal()).collect()
     };
@@ -185,14 +175,15 @@ fn early_exit_bound() {
     let max_v = v.iter().fold(0.0f32, |m, x| m.max(x.abs())) as f64;
     for dtype in [Dtype::F32, Dtype::F16] {
         let (q, k, v) = (round_to(&q, dtype), round_to(&k, dtype), round_to(&v, dtype));
-        let want = reference::forward(&shape, Layout::Bthd, &q, &k, &v, Mask::Strict, scale, &HostRemainder::Return).unwrap();
+        let input = HostInput::new(shape, &q, &k, &v).with_dtype(dtype).with_scale(scale).with_remainder(HostRemainder::Return);
+        let want = reference::forward(&input).unwrap();
         for path in paths(attn, dtype, d) {
-            let base = HostInput { dtype, path, scale, remainder: HostRemainder::Return, ..HostInput::new(shape, &q, &k, &v) };
+            let base = input.with_path(path);
             let full = attn.run_host_blocking(&base).unwrap();
-            let zero = attn.run_host_blocking(&HostInput { early_exit_eps: 0.0, ..base }).unwrap();
+            let zero = attn.run_host_blocking(&base.with_early_exit(0.0)).unwrap();
             assert_eq!(full.o, zero.o);
             for eps in [1e-2f32, 1e-4] {
-                let out = attn.run_host_blocking(&HostInput { early_exit_eps: eps, ..base }).unwrap();
+                let out = attn.run_host_blocking(&base.with_early_exit(eps)).unwrap();
                 // Each f16 output may also round the other way: one f16 ulp, 2^-10 relative.
                 let ulp = if dtype == Dtype::F16 { 2f64.powi(-10) } else { 1e-6 };
                 let mut moved = 0.0f64;
@@ -224,53 +215,42 @@ fn many_calls_one_encoder() {
     let attn = gpu_or_skip!();
     let dev = attn.device();
     let cases = [
-        (Shape::new(1, 33, 2, 16), Dtype::F32, Mask::Strict, Layout::Bthd),
-        (Shape::new(2, 100, 4, 64).with_kv_heads(2), Dtype::F16, Mask::IncludeCurrent, Layout::Bhtd),
-        (Shape::new(1, 7, 3, 80).with_kv_heads(1), Dtype::F32, Mask::IncludeCurrent, Layout::Bthd),
-        (Shape::new(3, 70, 2, 128), Dtype::F16, Mask::Strict, Layout::Bthd),
+        (Shape::new().with_batch(1).with_seq_len(33).with_heads(2).with_head_dim(16), Dtype::F32, Mask::Strict, Layout::Bthd),
+        (Shape::new().with_batch(2).with_seq_len(100).with_heads(4).with_head_dim(64).with_kv_heads(2), Dtype::F16, Mask::IncludeCurrent, Layout::Bhtd),
+        (Shape::new().with_batch(1).with_seq_len(7).with_heads(3).with_head_dim(80).with_kv_heads(1), Dtype::F32, Mask::IncludeCurrent, Layout::Bthd),
+        (Shape::new().with_batch(3).with_seq_len(70).with_heads(2).with_head_dim(128), Dtype::F16, Mask::Strict, Layout::Bthd),
     ];
     let mut enc = dev.create_command_encoder(&Default::default());
     let mut pending = Vec::new();
     let mut rng = Rng::new(77);
     for (ci, &(shape, dtype, mask, layout)) in cases.iter().enumerate() {
-        let (t, h, hk, d) = (shape.seq_len, shape.heads, shape.kv_heads, shape.head_dim);
-        let nq = (shape.batch * t * h * d) as usize;
-        let nkv = (shape.batch * t * hk * d) as usize;
+        let nq = (shape.batch() * shape.seq_len() * shape.heads() * shape.head_dim()) as usize;
+        let nkv = (shape.batch() * shape.seq_len() * shape.kv_heads() * shape.head_dim()) as usize;
         let (q, k, v) = (round_to(&rng.normals(nq, 1.0), dtype), round_to(&rng.normals(nkv, 1.0), dtype), round_to(&rng.normals(nkv, 1.0), dtype));
-        let up = |x: &[f32]| dev.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: &to_bytes(x, dtype), usage: wgpu::BufferUsages::STORAGE });
-        let (qb, kb, vb) = (up(&q), up(&k), up(&v));
+        let (qb, kb, vb) = (buffer(attn, &q, dtype), buffer(attn, &k, dtype), buffer(attn, &v, dtype));
         let o_bytes = nq as u64 * dtype.size();
-        let ob = dev.create_buffer(&wgpu::BufferDescriptor { label: None, size: o_bytes, usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC, mapped_at_creation: false });
-        let rows = (shape.batch * h * t) as u64;
-        let rb = dev.create_buffer(&wgpu::BufferDescriptor { label: None, size: rows * 4, usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC, mapped_at_creation: false });
-        let path = [Path::Auto, Path::SharedMemory][ci % 2];
-        let call = Forward {
-            mask,
-            path,
-            remainder: Remainder::Return(BufferRef::new(&rb)),
-            ..Forward::new(
-                shape,
-                dtype,
-                TensorRef::with_layout(&qb, layout, t, h, d),
-                TensorRef::with_layout(&kb, layout, t, hk, d),
-                TensorRef::with_layout(&vb, layout, t, hk, d),
-                TensorRef::with_layout(&ob, layout, t, h, d),
-            )
-        };
+        let ob = zeros(attn, o_bytes);
+        let rows = shape.rows();
+        let rb = zeros(attn, rows * 4);
+        let path = [KernelPath::Auto, KernelPath::SharedMemory][ci % 2];
+        let t = |b| TensorRef::contiguous(b, layout);
+        let call = Forward::new(shape, dtype, t(&qb), t(&kb), t(&vb), t(&ob))
+            .with_mask(mask)
+            .with_path(path)
+            .with_remainder(Remainder::Return(BufferRef::new(&rb)));
         attn.forward(&mut enc, &call).unwrap();
-        let ro = readback_later(dev, &mut enc, &ob, o_bytes);
-        let rr = readback_later(dev, &mut enc, &rb, rows * 4);
-        pending.push((shape, dtype, mask, layout, q, k, v, ro, rr));
+        pending.push((shape, dtype, mask, layout, q, k, v, ob, o_bytes, rb, rows));
     }
-    attn.queue().submit([enc.finish()]);
-    for (shape, dtype, mask, layout, q, k, v, ro, rr) in pending {
-        let want = reference::forward(&shape, layout, &q, &k, &v, mask, None, &HostRemainder::Return).unwrap();
-        let o = from_bytes(&pollster::block_on(ro.read(dev)).unwrap(), dtype);
-        let rem = from_bytes(&pollster::block_on(rr.read(dev)).unwrap(), Dtype::F32);
-        let tol = if dtype == Dtype::F16 { 3e-3 } else { 2e-5 };
-        let e = compare("o", &o, &want.o);
+    let bufs: Vec<(&wgpu::Buffer, u64, Dtype)> =
+        pending.iter().flat_map(|p| [(&p.7, p.8, p.1), (&p.9, p.10 * 4, Dtype::F32)]).collect();
+    let got = read(attn, enc, &bufs);
+    for (i, (shape, dtype, mask, layout, q, k, v, ..)) in pending.iter().enumerate() {
+        let input = HostInput::new(*shape, q, k, v).with_layout(*layout).with_mask(*mask).with_remainder(HostRemainder::Return);
+        let want = reference::forward(&input).unwrap();
+        let tol = if *dtype == Dtype::F16 { 3e-3 } else { 2e-5 };
+        let e = compare("o", &got[2 * i], &want.o);
         assert!(e.max_abs < tol * (1.0 + e.ref_max), "{shape:?}: {e:?}");
-        let e = compare("rem", &rem, &want.rem);
+        let e = compare("rem", &got[2 * i + 1], &want.rem);
         assert!(e.max_abs < 2e-5, "{shape:?}: rem {e:?}");
     }
 }
@@ -282,7 +262,7 @@ fn fused_qkv_and_unaligned_offsets() {
     let attn = gpu_or_skip!();
     let dev = attn.device();
     let (b, t, h, hk, d) = (2u32, 45u32, 4u32, 2u32, 24u32);
-    let shape = Shape::new(b, t, h, d).with_kv_heads(hk);
+    let shape = Shape::new().with_batch(b).with_seq_len(t).with_heads(h).with_head_dim(d).with_kv_heads(hk);
     let width = (h + 2 * hk) * d; // per token
     let pad = 37u64; // elements before the fused tensor
     let mut rng = Rng::new(31);
@@ -299,23 +279,20 @@ fn fused_qkv_and_unaligned_offsets() {
         out
     };
     let (q, k, v) = (unpack(0, h), unpack(h, hk), unpack(h + hk, hk));
-    let want = reference::forward(&shape, Layout::Bthd, &q, &k, &v, Mask::Strict, None, &HostRemainder::Discard).unwrap();
-    let buf = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: &to_bytes(&fused, Dtype::F32), usage: wgpu::BufferUsages::STORAGE });
-    let strides = |off: u64| TensorRef::new(&buf, pad + off, sbattn::Strides { batch: (t * width) as u64, token: width as u64, head: d as u64 });
+    let want = reference::forward(&HostInput::new(shape, &q, &k, &v)).unwrap();
+    let buf = buffer(attn, &fused, Dtype::F32);
+    let fused_strides = Strides { batch: (t * width) as u64, token: width as u64, head: d as u64 };
+    let strides = |off: u64| TensorRef::strided(&buf, fused_strides).at_offset(pad + off);
     // o in [B, H, T, D] at an odd offset.
     let o_off = 5u64;
     let o_len = (b * h * t * d) as u64;
-    let ob = dev.create_buffer(&wgpu::BufferDescriptor { label: None, size: (o_off + o_len) * 4, usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC, mapped_at_creation: false });
+    let ob = zeros(attn, (o_off + o_len) * 4);
     for path in paths(attn, Dtype::F32, d) {
-        let call = Forward {
-            path,
-            ..Forward::new(shape, Dtype::F32, strides(0), strides((h * d) as u64), strides(((h + hk) * d) as u64), TensorRef::bhtd(&ob, t, h, d).at_offset(o_off))
-        };
+        let o = TensorRef::bhtd(&ob).at_offset(o_off);
+        let call = Forward::new(shape, Dtype::F32, strides(0), strides((h * d) as u64), strides(((h + hk) * d) as u64), o).with_path(path);
         let mut enc = dev.create_command_encoder(&Default::default());
         attn.forward(&mut enc, &call).unwrap();
-        let rb = readback_later(dev, &mut enc, &ob, (o_off + o_len) * 4);
-        attn.queue().submit([enc.finish()]);
-        let all = from_bytes(&pollster::block_on(rb.read(dev)).unwrap(), Dtype::F32);
+        let all = read(attn, enc, &[(&ob, (o_off + o_len) * 4, Dtype::F32)]).remove(0);
         // Back to [B, T, H, D] for the comparison.
         let mut got = vec![0.0f32; o_len as usize];
         for bi in 0..b {

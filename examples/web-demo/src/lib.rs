@@ -4,17 +4,19 @@
 //! The page (`www/main.js`) calls [`Demo::create`], then [`Demo::run`] for the sized run and
 //! [`Demo::text`] for the live text view. Every result is a plain JS object.
 //!
-//! The attention weights drawn come from the GPU too: with `v_j` the one-hot vector `e_j` (head
-//! dim padded with zeros to `max(D, T)`, scale kept at `1/sqrt(D)`), `o_i = sum_j A_ij e_j` is row
-//! `i` of `A`. That needs `T <= MAX_HEAD_DIM`, so only the first 256 tokens are drawn; causality
-//! makes that corner of `A` exact.
+//! The attention weights drawn come from the GPU too: `Attention::weights_host`, the library's
+//! weights kernel (one workgroup of 256 invocations per query row, the shared-memory scan, no
+//! subgroups: what wgpu's WebGPU backend can run), checked against `reference::weights`. That
+//! kernel takes at most `MAX_WEIGHTS_SEQ_LEN` (4096) tokens, and `A` (`T^2` f32) must fit the
+//! device's largest storage binding and buffer, so longer runs draw the first [`weights_limit`]
+//! tokens; causality makes that corner of `A` exact.
 
 use std::rc::Rc;
 
 use js_sys::{Array, Float32Array, Object, Promise, Reflect};
 use sbattn::{
-    readback_later, reference, round_to, to_bytes, Attention, Dtype, Forward, HostInput, HostRemainder, Layout,
-    Mask, Path, Shape, TensorRef, MAX_HEAD_DIM,
+    reference, round_to, to_bytes, Attention, Dtype, Forward, HostInput, KernelPath, Mask, Readback, Shape, TensorRef,
+    MAX_WEIGHTS_SEQ_LEN,
 };
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{future_to_promise, JsFuture};
@@ -22,6 +24,10 @@ use wgpu::util::DeviceExt;
 
 /// Timed repetitions after the warm-up run; the fastest is reported.
 const TIMED_RUNS: usize = 3;
+
+/// Characters the text view takes (the page's textarea has the same `maxlength`): a display
+/// choice, one token span each, well within [`weights_limit`].
+const TEXT_TOKENS: usize = 256;
 
 /// Stick-breaking attention on this page's WebGPU device.
 #[wasm_bindgen]
@@ -92,19 +98,6 @@ fn f32s(data: &[f32]) -> JsValue {
     Float32Array::from(data).into()
 }
 
-/// Deterministic values with mean 0 and variance about 1 (sum of four uniforms, xorshift64*).
-fn gaussian_ish(n: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut uniform = move || {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32
-    };
-    // Four uniforms on [0, 1) sum to mean 2, variance 1/3.
-    (0..n).map(|_| ((uniform() + uniform() + uniform() + uniform()) - 2.0) * 3f32.sqrt()).collect()
-}
-
 /// Resolves once the queue has finished everything submitted so far.
 async fn work_done(queue: &wgpu::Queue) {
     let mut setup = |resolve: js_sys::Function, _reject: js_sys::Function| {
@@ -149,7 +142,7 @@ fn head_slices(p: &RunParams, q: &[f32], k: &[f32]) -> (Vec<f32>, Vec<f32>) {
 fn softmax_weights(qh: &[f32], kh: &[f32], t: usize, d: usize, scale: f64, mask: Mask) -> Vec<f32> {
     let mut a = vec![0.0f32; t * t];
     for i in 0..t {
-        let n = reference::visible(i as u32, mask) as usize;
+        let n = mask.visible(i as u32) as usize;
         let z: Vec<f64> = (0..n)
             .map(|j| scale * (0..d).map(|x| qh[i * d + x] as f64 * kh[j * d + x] as f64).sum::<f64>())
             .collect();
@@ -162,43 +155,25 @@ fn softmax_weights(qh: &[f32], kh: &[f32], t: usize, d: usize, scale: f64, mask:
     a
 }
 
-/// Stick-breaking weights `A` (`w x w`) and `rem` of one head on the GPU (see the crate doc),
-/// with the largest difference from the f64 reference weights.
-async fn gpu_weights(
-    attn: &Attention,
-    qh: &[f32],
-    kh: &[f32],
-    w: usize,
-    d: usize,
-    scale: f32,
-    mask: Mask,
-) -> Result<(Vec<f32>, Vec<f32>, f64), JsValue> {
-    let dp = d.max(w);
-    let pad = |x: &[f32]| -> Vec<f32> {
-        let mut out = vec![0.0f32; w * dp];
-        for i in 0..w {
-            out[i * dp..][..d].copy_from_slice(&x[i * d..][..d]);
-        }
-        out
-    };
-    let (q, k) = (pad(qh), pad(kh));
-    let mut v = vec![0.0f32; w * dp];
-    for j in 0..w {
-        v[j * dp + j] = 1.0;
+/// The most tokens whose weights this device can compute in one call: the weights kernel's
+/// [`MAX_WEIGHTS_SEQ_LEN`], and `A` (`T^2` f32) within the largest storage binding and buffer.
+fn weights_limit(attn: &Attention) -> usize {
+    let l = &attn.capabilities().limits;
+    let cells = l.max_storage_buffer_binding_size.min(l.max_buffer_size) / 4;
+    let mut t = (cells as f64).sqrt() as u64;
+    while t * t > cells {
+        t -= 1;
     }
-    let shape = Shape::new(1, w as u32, 1, dp as u32);
-    let input = HostInput {
-        mask,
-        scale: Some(scale),
-        remainder: HostRemainder::Return,
-        path: Path::Auto,
-        ..HostInput::new(shape, &q, &k, &v)
-    };
-    let out = attn.run_host(&input).await.map_err(err)?;
-    let a: Vec<f32> = (0..w).flat_map(|i| out.o[i * dp..][..w].to_vec()).collect();
-    let want = reference::weights(&shape, Layout::Bthd, &q, &k, mask, Some(scale), 0, 0).map_err(err)?;
-    let max = a.iter().zip(&want).map(|(&g, &r)| (g as f64 - r).abs()).fold(0.0, f64::max);
-    Ok((a, out.rem.unwrap_or_default(), max))
+    (t as usize).min(MAX_WEIGHTS_SEQ_LEN as usize)
+}
+
+/// Stick-breaking weights `A` (`T x T`, row-major) and `rem` of head `head` of `input` (batch 1)
+/// from the GPU's weights kernel, with the largest difference from the f64 reference weights.
+async fn gpu_weights(attn: &Attention, input: &HostInput<'_>, head: u32) -> Result<(Vec<f32>, Vec<f32>, f64), JsValue> {
+    let got = attn.weights_host(input, 0, head).await.map_err(err)?;
+    let want = reference::weights(input, 0, head).map_err(err)?;
+    let max = got.a.iter().zip(&want).map(|(&g, &r)| (g as f64 - r).abs()).fold(0.0, f64::max);
+    Ok((got.a, got.rem, max))
 }
 
 #[wasm_bindgen]
@@ -213,18 +188,18 @@ impl Demo {
     /// What the device offers and the path the kernel takes on it.
     pub fn info(&self) -> JsValue {
         let caps = self.attn.capabilities();
-        let path = |dtype| match self.attn.plan(dtype, 64, Path::Auto) {
+        let path = |dtype| match self.attn.forward_variant(dtype, 64, KernelPath::Auto) {
             Ok(v) => JsValue::from_str(&format!("{:?}", v.path)),
             Err(e) => JsValue::from_str(&format!("unavailable: {e}")),
         };
         object(vec![
-            ("adapter", JsValue::from_str(&caps.adapter.name)),
-            ("backend", JsValue::from_str(&format!("{:?}", caps.adapter.backend))),
-            ("deviceType", JsValue::from_str(&format!("{:?}", caps.adapter.device_type))),
+            ("adapter", JsValue::from_str(&caps.name)),
+            ("backend", JsValue::from_str(&format!("{:?}", caps.backend))),
+            ("deviceType", JsValue::from_str(&format!("{:?}", caps.device_type))),
             ("f16", caps.f16().into()),
             ("timestamps", caps.features.contains(wgpu::Features::TIMESTAMP_QUERY).into()),
             ("subgroupsOnDevice", caps.features.contains(wgpu::Features::SUBGROUP).into()),
-            ("subgroupSizes", JsValue::from_str(&format!("{}..{}", caps.adapter.subgroup_min_size, caps.adapter.subgroup_max_size))),
+            ("subgroupSizes", JsValue::from_str(&format!("{}..{}", caps.subgroup_min_size, caps.subgroup_max_size))),
             ("pathF32", path(Dtype::F32)),
             ("pathF16", path(Dtype::F16)),
         ])
@@ -248,17 +223,17 @@ impl Demo {
 async fn run(attn: &Attention, p: RunParams) -> Result<JsValue, JsValue> {
     let dtype = if p.f16 { Dtype::F16 } else { Dtype::F32 };
     let mask = if p.attend_current { Mask::IncludeCurrent } else { Mask::Strict };
-    let shape = Shape::new(1, p.t, p.heads, p.d).with_kv_heads(p.kv_heads);
+    let shape = Shape::new().with_batch(1).with_seq_len(p.t).with_heads(p.heads).with_head_dim(p.d).with_kv_heads(p.kv_heads);
     shape.validate().map_err(err)?;
     if p.head >= p.heads {
         return Err(err(format!("head {} is not below heads = {}", p.head, p.heads)));
     }
-    let variant = attn.plan(dtype, p.d, Path::Auto).map_err(err)?;
+    let variant = attn.forward_variant(dtype, p.d, KernelPath::Auto).map_err(err)?;
     let (nq, nkv) = ((p.t * p.heads * p.d) as usize, (p.t * p.kv_heads * p.d) as usize);
     let seed = p.seed as u64 * 3;
-    let q = round_to(&gaussian_ish(nq, seed), dtype);
-    let k = round_to(&gaussian_ish(nkv, seed + 1), dtype);
-    let v = round_to(&gaussian_ish(nkv, seed + 2), dtype);
+    let q = round_to(&sbattn::reference::Rng::new(seed).normals(nq, 1.0), dtype);
+    let k = round_to(&sbattn::reference::Rng::new(seed + 1).normals(nkv, 1.0), dtype);
+    let v = round_to(&sbattn::reference::Rng::new(seed + 2).normals(nkv, 1.0), dtype);
 
     let dev = attn.device();
     let upload = |data: &[f32]| {
@@ -276,17 +251,8 @@ async fn run(attn: &Attention, p: RunParams) -> Result<JsValue, JsValue> {
         usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
         mapped_at_creation: false,
     });
-    let call = Forward {
-        mask,
-        ..Forward::new(
-            shape,
-            dtype,
-            TensorRef::bthd(&qb, p.t, p.heads, p.d),
-            TensorRef::bthd(&kb, p.t, p.kv_heads, p.d),
-            TensorRef::bthd(&vb, p.t, p.kv_heads, p.d),
-            TensorRef::bthd(&ob, p.t, p.heads, p.d),
-        )
-    };
+    let t = TensorRef::bthd;
+    let call = Forward::new(shape, dtype, t(&qb), t(&kb), t(&vb), t(&ob)).with_mask(mask);
     let timer = Timer::new(attn);
 
     // Warm-up: compiles the pipeline.
@@ -301,12 +267,16 @@ async fn run(attn: &Attention, p: RunParams) -> Result<JsValue, JsValue> {
     let mut o_read = None;
     for run in 0..TIMED_RUNS {
         let mut enc = dev.create_command_encoder(&Default::default());
-        timer.as_ref().map(|t| t.stamp(&mut enc, true));
+        if let Some(t) = &timer {
+            t.stamp(&mut enc, true);
+        }
         attn.forward(&mut enc, &call).map_err(err)?;
-        timer.as_ref().map(|t| t.stamp(&mut enc, false));
+        if let Some(t) = &timer {
+            t.stamp(&mut enc, false);
+        }
         let stamps = timer.as_ref().map(|t| t.resolve(dev, &mut enc));
         if run + 1 == TIMED_RUNS {
-            o_read = Some(readback_later(dev, &mut enc, &ob, o_bytes));
+            o_read = Some(Readback::record(dev, &mut enc, &ob, o_bytes));
         }
         let t0 = now_ms();
         attn.queue().submit([enc.finish()]);
@@ -322,15 +292,19 @@ async fn run(attn: &Attention, p: RunParams) -> Result<JsValue, JsValue> {
     let o = sbattn::from_bytes(&o_read.unwrap().read(dev).await.map_err(err)?, dtype);
 
     let t0 = now_ms();
-    let want = reference::forward(&shape, Layout::Bthd, &q, &k, &v, mask, None, &HostRemainder::Discard).map_err(err)?;
+    let want = reference::forward(&HostInput::new(shape, &q, &k, &v).with_mask(mask)).map_err(err)?;
     let cpu_ms = now_ms() - t0;
     let (max_err, worst, rel_rms) = compare(&o, &want.o, p.f16);
 
+    // The first `w` tokens of every head ([1, T, H, D]: a prefix of each tensor), the drawn head's weights.
+    let limit = weights_limit(attn);
+    let w = (p.t as usize).min(limit);
+    let prefix = shape.with_seq_len(w as u32);
+    let (nq, nkv) = (w * (p.heads * p.d) as usize, w * (p.kv_heads * p.d) as usize);
+    let first = HostInput::new(prefix, &q[..nq], &k[..nkv], &v[..nkv]).with_mask(mask);
+    let (sb, rem, weights_err) = gpu_weights(attn, &first, p.head).await?;
     let (qh, kh) = head_slices(&p, &q, &k);
-    let w = (p.t as usize).min(MAX_HEAD_DIM as usize);
-    let scale = 1.0 / (p.d as f32).sqrt();
-    let (sb, rem, weights_err) = gpu_weights(attn, &qh[..w * p.d as usize], &kh[..w * p.d as usize], w, p.d as usize, scale, mask).await?;
-    let soft = softmax_weights(&qh, &kh, w, p.d as usize, scale as f64, mask);
+    let soft = softmax_weights(&qh, &kh, w, p.d as usize, 1.0 / (p.d as f64).sqrt(), mask);
 
     Ok(object(vec![
         ("t", p.t.into()),
@@ -350,6 +324,7 @@ async fn run(attn: &Attention, p: RunParams) -> Result<JsValue, JsValue> {
         ("ok", (worst <= 1.0).into()),
         ("head", p.head.into()),
         ("drawn", (w as u32).into()),
+        ("drawnLimit", (limit as u32).into()),
         ("sb", f32s(&sb)),
         ("rem", f32s(&rem)),
         ("softmax", f32s(&soft)),
@@ -389,7 +364,7 @@ impl Timer {
 
     fn resolve(&self, dev: &wgpu::Device, enc: &mut wgpu::CommandEncoder) -> sbattn::Readback {
         enc.resolve_query_set(&self.set, 0..2, &self.resolve, 0);
-        readback_later(dev, enc, &self.resolve, 16)
+        Readback::record(dev, enc, &self.resolve, 16)
     }
 }
 
@@ -403,7 +378,7 @@ const OFFSET: f32 = 9.0;
 
 /// A unit vector from a hash of `key` (deterministic: the same character, the same vector).
 fn hashed_unit(key: u64) -> Vec<f32> {
-    let x = gaussian_ish(EMBED, key.wrapping_mul(0xD6E8_FEB8_6659_FD93) ^ 0x5851_F42D);
+    let x = sbattn::reference::Rng::new(key.wrapping_mul(0xD6E8_FEB8_6659_FD93) ^ 0x5851_F42D).normals(EMBED, 1.0);
     let n = x.iter().map(|v| v * v).sum::<f32>().sqrt();
     x.into_iter().map(|v| v / n).collect()
 }
@@ -427,7 +402,7 @@ fn embed(c: char) -> Vec<f32> {
 }
 
 async fn text_view(attn: &Attention, text: &str) -> Result<JsValue, JsValue> {
-    let chars: Vec<char> = text.chars().take(MAX_HEAD_DIM as usize).collect();
+    let chars: Vec<char> = text.chars().take(TEXT_TOKENS).collect();
     let t = chars.len();
     let tokens: Array = chars.iter().map(|c| JsValue::from_str(&c.to_string())).collect();
     if t == 0 {
@@ -443,7 +418,10 @@ async fn text_view(attn: &Attention, text: &str) -> Result<JsValue, JsValue> {
         k.push(1.0);
     }
     let t0 = now_ms();
-    let (weights, rem, max_err) = gpu_weights(attn, &q, &k, t, d, 1.0, Mask::Strict).await?;
+    let shape = Shape::new().with_seq_len(t as u32).with_head_dim(d as u32);
+    let v = vec![0.0f32; t * d]; // unused: the weights depend on q and k only
+    let input = HostInput::new(shape, &q, &k, &v).with_mask(Mask::Strict).with_scale(Some(1.0));
+    let (weights, rem, max_err) = gpu_weights(attn, &input, 0).await?;
     Ok(object(vec![
         ("tokens", tokens.into()),
         ("weights", f32s(&weights)),

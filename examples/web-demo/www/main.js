@@ -138,7 +138,9 @@ async function main() {
         ['CPU reference (f64, wasm)', `${fmt(r.cpuMs)} ms`],
         ['max |o − reference|', `${fmt(r.maxErr)} (relative RMS ${fmt(r.relRms)}; worst error / tolerance ${fmt(r.errOverTol)})`],
         ['check', verdict],
-        ['weights drawn', `head ${r.head}, first ${r.drawn} tokens; max |A_gpu − A_ref| = ${fmt(r.weightsErr)}`],
+        ['weights drawn', `head ${r.head}, ${r.drawn < r.t ? `first ${r.drawn} of ${r.t} tokens (the GPU weights ` +
+          `kernel takes at most ${r.drawnLimit} on this device)` : `all ${r.t} tokens`}, from the weights kernel; ` +
+          `max |A_gpu − A_ref| = ${fmt(r.weightsErr)}`],
       ]);
       heatmap($('sb'), r.sb, r.drawn, attendCurrent);
       heatmap($('softmax'), r.softmax, r.drawn, attendCurrent);
