@@ -6,7 +6,7 @@
 #
 # Steps (each under a time limit; STEPS="tests f16 ..." picks a subset, default all, which can
 # exceed one 10-minute call: split it over two):
-#   tests      the GPU test binaries (forward, invariants, errors, decode) on this GPU
+#   tests      the GPU test binaries (forward, decode, coop, backward, serving) on this GPU
 #   f16        ours, default sweep, every path, f16, random inputs, eps 0
 #   checks     ours at B4 H12 T4096/8192 D128, every path, f16, with all of wgpu's runtime
 #              checks (full) and with none (unchecked); the default keeps index clamping
@@ -14,6 +14,9 @@
 #   f32        ours, default sweep, portable paths only (subgroup, shared), f32
 #   eps        ours at B4 H12 T4096 D128, every path, f16, eps 0 and $EPS, random and long-range
 #   torch      PyTorch baselines (SDPA bf16/f16/f32, eager stick-breaking bf16/f16)
+#   backward   sbattn bench backward: forward, backward, both, every path, f16
+#   prefill    sbattn bench prefill: one call, chunks on contiguous and paged caches, varlen
+#   paged      sbattn bench decode on paged caches (pages of 16 and 128 tokens)
 # then scripts/report.py: the markdown table for BENCHMARKS.md, printed last.
 # Files under $OUT (at most 8 come back): ours-*.json torch.json decode.json torch_decode.json report.md
 # device-bench.log.
@@ -58,7 +61,7 @@ step() { # step SECONDS NAME COMMAND...: runs with a limit, logs everything, nev
 } >> "$log"
 
 common=(--time-limit 3 --iters 10 --warmup 3)
-STEPS="${STEPS:-tests f16 checks f32 eps torch decode}"
+STEPS="${STEPS:-tests f16 checks f32 eps torch decode backward prefill paged}"
 has() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 # shellcheck disable=SC2086
 has f16 && step 150 "ours f16" "$SBATTN" bench forward --profile default --paths all --dtypes f16 "${common[@]}" $EXTRA --json "$OUT/ours-f16.json"
@@ -81,11 +84,22 @@ if has decode; then
   step 120 "ours decode" "$SBATTN" bench decode --time-limit 3 $DECODE_EXTRA --json "$OUT/decode.json"
   step 120 "torch decode" "$PYTHON" scripts/bench_decode.py --json "$OUT/torch_decode.json" --iters 30
 fi
+# shellcheck disable=SC2086
+has backward && step 150 "ours backward" "$SBATTN" bench backward --paths all --dtypes f16 "${common[@]}" $EXTRA --json "$OUT/backward.json"
+has prefill && step 120 "ours prefill" "$SBATTN" bench prefill "${common[@]}" --json "$OUT/prefill.json"
+if has paged; then
+  for p in 16 128; do
+    step 90 "ours decode paged $p" "$SBATTN" bench decode --batch-sizes 8 --lengths 32768,131072 --page-size $p --time-limit 3 \
+      --json "$OUT/decode-paged-$p.json"
+  done
+fi
 if has tests; then
   # Correctness on this GPU, every path it has (the tensor-core path only runs here).
   step 120 "test forward" .device/test-forward --test-threads 8
-  step 60 "test invariants" .device/test-invariants --test-threads 8
   step 60 "test decode" .device/test-decode --test-threads 8
+  step 60 "test coop" .device/test-coop --test-threads 8
+  step 120 "test backward" .device/test-backward --test-threads 8
+  step 120 "test serving" .device/test-serving --test-threads 8
   step 60 "quickstart" .device/quickstart
 fi
 ours=()

@@ -65,6 +65,78 @@ pub enum BenchCommand {
     Forward(ForwardArgs),
     /// Decode steps against a KV cache, with the read-bandwidth ceilings of the same device.
     Decode(DecodeArgs),
+    /// A training step's attention: forward (saving log rem), backward, and both, per path.
+    Backward(BackwardArgs),
+    /// Prefill as an engine runs it: one call, chunks on a contiguous or paged cache, packed
+    /// variable-length batches next to padded ones.
+    Prefill(PrefillArgs),
+}
+
+/// `sbattn bench backward`.
+#[derive(Args, Debug, Clone)]
+#[command(args_override_self = true)]
+pub struct BackwardArgs {
+    /// Shapes BxHxTxD (H may be H/Hkv) [default: 4x12x4096x128,1x32x4096x64; ci and quick:
+    /// 1x2x256x64].
+    #[arg(long, value_delimiter = ',', action = ArgAction::Set, value_parser = parse_forward_shape, value_name = "BxHxTxD")]
+    pub shapes: Vec<Shape>,
+    /// Forward paths (`coop`: the backward then runs on the automatic path).
+    #[arg(long, value_enum, value_delimiter = ',', action = ArgAction::Set, default_value = "all")]
+    pub paths: Vec<PathArg>,
+    /// Storage types.
+    #[arg(long, value_enum, value_delimiter = ',', action = ArgAction::Set, default_value = "f16")]
+    pub dtypes: Vec<DtypeArg>,
+    #[command(flatten)]
+    pub bench: BenchArgs,
+}
+
+impl BackwardArgs {
+    /// The shapes to run: `--shapes`, else the profile's.
+    pub fn shapes(&self) -> Vec<Shape> {
+        if !self.shapes.is_empty() {
+            return self.shapes.clone();
+        }
+        let list: &[&str] = match self.bench.profile {
+            Profile::Default => &["4x12x4096x128", "1x32x4096x64"],
+            _ => &["1x2x256x64"],
+        };
+        list.iter().filter_map(|s| parse_forward_shape(s).ok()).collect()
+    }
+}
+
+/// `sbattn bench prefill`.
+#[derive(Args, Debug, Clone)]
+#[command(args_override_self = true)]
+pub struct PrefillArgs {
+    /// Sequences of the one-call and chunked prefill.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub sequences: u32,
+    /// Prompt tokens per sequence (0: only --varlen).
+    #[arg(long, default_value_t = 4096)]
+    pub len: u32,
+    /// Chunk sizes of the chunked prefill (each must divide --len).
+    #[arg(long, value_delimiter = ',', action = ArgAction::Set, default_value = "512")]
+    pub chunks: Vec<u32>,
+    /// Page sizes of the paged caches (each chunking also runs on a contiguous cache).
+    #[arg(long, value_delimiter = ',', action = ArgAction::Set, default_value = "16,128")]
+    pub page_sizes: Vec<u32>,
+    /// Lengths of a packed batch, run packed and padded to the longest (empty: none).
+    #[arg(long, value_delimiter = ',', action = ArgAction::Set, default_value = "4096,2048,1024,512,256,128,64,32")]
+    pub varlen: Vec<u32>,
+    /// Query heads.
+    #[arg(long, default_value_t = 32)]
+    pub heads: u32,
+    /// Key/value heads.
+    #[arg(long, default_value_t = 8)]
+    pub kv_heads: u32,
+    /// Head dim.
+    #[arg(long, default_value_t = 128)]
+    pub head_dim: u32,
+    /// Storage type.
+    #[arg(long, value_enum, default_value_t = DtypeArg::F16)]
+    pub dtype: DtypeArg,
+    #[command(flatten)]
+    pub bench: BenchArgs,
 }
 
 /// `sbattn check`.
@@ -566,6 +638,10 @@ pub struct DecodeArgs {
     /// Cache length of the correctness check run with each configuration, 0 = none.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(0..=65536))]
     pub check_len: u32,
+    /// Run on a paged cache with pages of this many tokens (a power of two, 16 to 256), each
+    /// sequence's pages shuffled over the pool; default: a contiguous cache.
+    #[arg(long)]
+    pub page_size: Option<u32>,
     /// Shared benchmark options.
     #[command(flatten)]
     pub bench: BenchArgs,

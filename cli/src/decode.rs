@@ -141,9 +141,22 @@ impl ShapeSet {
             let mut enc = dev.create_command_encoder(&Default::default());
             let mut caches = Vec::new();
             for &b in &sizes {
-                let desc = KvCacheDesc::new(b, kv_heads, head_dim, len, dtype);
+                let mut desc = KvCacheDesc::new(b, kv_heads, head_dim, len, dtype);
+                if let Some(page) = a.page_size {
+                    desc = desc.with_pages(page, b * len.div_ceil(page.max(1)));
+                }
                 let mut cache =
                     try_alloc(dev, || KvCache::new(attn, desc))?.map_err(|e| e.to_string())?;
+                if let Some(page) = a.page_size {
+                    // Each sequence's pages spread over the pool, as an engine's allocator leaves them.
+                    let per_seq = len.div_ceil(page) as usize;
+                    let pool = crate::prefill::shuffled(b * per_seq as u32, a.bench.seed);
+                    for (i, pages) in pool.chunks(per_seq).enumerate() {
+                        cache
+                            .set_pages(attn, &mut enc, i as u32, pages)
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
                 if !a.zeros {
                     for t in [cache.k().buffer, cache.v().buffer] {
                         let mut at = 0;

@@ -9,7 +9,9 @@
 //! | [`info`] | `sbattn info`: adapters, features, limits, the variants the library chooses |
 //! | [`check`] | `sbattn check`: the conformance sweep, and the one tolerance model every check uses |
 //! | [`forward`] | `sbattn bench forward` |
-//! | [`decode`] | `sbattn bench decode` |
+//! | [`decode`] | `sbattn bench decode` (`--page-size`: on a paged cache) |
+//! | [`training`] | `sbattn bench backward` |
+//! | [`prefill`] | `sbattn bench prefill`: one call, chunks on contiguous and paged caches, varlen vs padded |
 //! | [`timer`] | the one timer of both benchmarks (GPU timestamps or submit-to-completion) |
 //! | [`stats`] | the one summary of samples (median, min, spread) |
 //! | [`report`] | markdown tables, JSON files, the progress bar, number formats |
@@ -26,10 +28,12 @@ pub mod gpu;
 pub mod heatmap;
 pub mod info;
 pub mod plot;
+pub mod prefill;
 pub mod replot;
 pub mod report;
 pub mod stats;
 pub mod timer;
+pub mod training;
 
 use std::process::ExitCode;
 
@@ -48,6 +52,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check(a) => check::run(&a),
         Command::Bench(BenchCommand::Forward(a)) => forward::run(&a),
         Command::Bench(BenchCommand::Decode(a)) => decode::run(&a),
+        Command::Bench(BenchCommand::Backward(a)) => training::run(&a),
+        Command::Bench(BenchCommand::Prefill(a)) => prefill::run(&a),
         Command::Plot(a) => replot::run(&a),
         Command::Heatmap(a) => heatmap::run(&a),
     };

@@ -49,6 +49,38 @@ fn subcommands() {
 }
 
 #[test]
+fn backward_and_prefill() {
+    use sbattn_cli::args::{BenchCommand, Profile};
+    match parse(&["bench", "backward"]).command {
+        Command::Bench(BenchCommand::Backward(a)) => {
+            let names: Vec<String> = a.shapes().iter().map(sbattn_cli::report::shape_name).collect();
+            assert_eq!(names, ["4x12x4096x128", "1x32x4096x64"]);
+            assert_eq!(a.bench.profile, Profile::Default);
+        }
+        c => panic!("{c:?}"),
+    }
+    match parse(&["bench", "backward", "--profile", "ci", "--paths", "shared"]).command {
+        Command::Bench(BenchCommand::Backward(a)) => {
+            assert_eq!(a.shapes().len(), 1);
+            assert_eq!(a.paths.len(), 1);
+        }
+        c => panic!("{c:?}"),
+    }
+    match parse(&["bench", "prefill", "--len", "1024", "--chunks", "128,256", "--varlen", "5,7"]).command {
+        Command::Bench(BenchCommand::Prefill(a)) => {
+            assert_eq!((a.len, a.sequences, a.heads, a.kv_heads, a.head_dim), (1024, 1, 32, 8, 128));
+            assert_eq!(a.chunks, [128, 256]);
+            assert_eq!(a.page_sizes, [16, 128]);
+            assert_eq!(a.varlen, [5, 7]);
+        }
+        c => panic!("{c:?}"),
+    }
+    assert_eq!(decode(&["--page-size", "64"]).page_size, Some(64));
+    assert_eq!(decode(&[]).page_size, None);
+    assert!(Cli::try_parse_from(["sbattn", "bench", "prefill", "--sequences", "0"]).is_err());
+}
+
+#[test]
 fn forward_defaults_follow_the_profile() {
     let a = forward(&[]);
     assert_eq!(a.bench.profile, Profile::Default);

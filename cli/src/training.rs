@@ -1,0 +1,247 @@
+//! `sbattn bench backward`: a training step's attention, per path: the forward (saving
+//! `log rem`), the backward, and the two recorded one after the other, each timed by
+//! [`crate::timer`] and summarised by [`crate::stats`]; a markdown table on stdout, `--json`.
+//!
+//! The backward kernels have no tensor-core variant: with `--paths coop` the forward runs on the
+//! tensor cores and the backward on the library's automatic (portable) path, as a trainer on that
+//! GPU would run them. Correctness is the test suite's (`tests/backward.rs`, which the device
+//! script runs on the same GPU); inputs are `N(0, 1)` from [`sbattn::reference::Rng`], never
+//! zeros.
+
+use sbattn::reference::Rng;
+use sbattn::{Attention, Backward, BufferRef, Dtype, Forward, KernelPath, Shape, TensorRef};
+use serde::Serialize;
+
+use crate::args::{BackwardArgs, expand_paths};
+use crate::gpu::{ErrorSlot, checks_name, context, dtype_name, path_name, try_alloc, wait};
+use crate::report::{
+    AdapterJson, Align, Skip, Table, command_line, fmt_ms, fmt_sig, save_json, shape_name, utc_now,
+};
+use crate::stats::{Summary, summarize};
+use crate::timer::{Sampling, Timer};
+use crate::{Outcome, Result};
+
+/// One row: a shape, dtype and path, its three timings.
+#[derive(Clone, Debug, Serialize)]
+pub struct BackwardRow {
+    /// `BxHxTxD` (H may be H/Hkv).
+    pub shape: String,
+    /// Storage type.
+    pub dtype: &'static str,
+    /// Runtime checks of the context.
+    pub checks: &'static str,
+    /// Forward path asked for.
+    pub forward_path: &'static str,
+    /// Backward path asked for (`auto` where the forward path has no backward kernel).
+    pub backward_path: &'static str,
+    /// The backward variant that ran.
+    pub backward_variant: String,
+    /// Seconds per forward call.
+    pub forward: Summary,
+    /// Seconds per backward call.
+    pub backward: Summary,
+    /// Seconds per forward + backward pair.
+    pub step: Summary,
+}
+
+/// The JSON file.
+#[derive(Debug, Serialize)]
+struct BackwardDoc {
+    tool: &'static str,
+    date: String,
+    command: String,
+    adapter: Option<AdapterJson>,
+    timer: String,
+    statistics: &'static str,
+    results: Vec<BackwardRow>,
+    skipped: Vec<Skip>,
+}
+
+const COLUMNS: &[(&str, Align)] = &[
+    ("B H T D", Align::Left),
+    ("dtype", Align::Left),
+    ("checks", Align::Left),
+    ("fwd path", Align::Left),
+    ("bwd path", Align::Left),
+    ("fwd ms", Align::Right),
+    ("bwd ms", Align::Right),
+    ("bwd/fwd", Align::Right),
+    ("fwd+bwd ms", Align::Right),
+    ("spread", Align::Right),
+];
+
+/// The buffers of one shape (inputs random, outputs zeroed).
+struct Tensors {
+    q: wgpu::Buffer,
+    k: wgpu::Buffer,
+    v: wgpu::Buffer,
+    o: wgpu::Buffer,
+    d_o: wgpu::Buffer,
+    log_rem: wgpu::Buffer,
+    dq: wgpu::Buffer,
+    dk: wgpu::Buffer,
+    dv: wgpu::Buffer,
+}
+
+/// `n` values ~ N(0, 1) of stream `stream`, uploaded as `dtype`.
+pub fn random_buffer(attn: &Attention, label: &str, n: u64, dtype: Dtype, seed: u64, stream: u64) -> Result<wgpu::Buffer> {
+    let data: Vec<f32> = (0..n).map(|i| Rng::normal_at(seed ^ (stream << 40), i)).collect();
+    try_alloc(attn.device(), || sbattn::upload(attn.device(), label, &data, dtype))
+}
+
+impl Tensors {
+    fn new(attn: &Attention, s: &Shape, dtype: Dtype, seed: u64) -> Result<Tensors> {
+        let (b, t, d) = (s.batch() as u64, s.seq_len() as u64, s.head_dim() as u64);
+        let nq = b * t * s.heads() as u64 * d;
+        let nk = b * t * s.kv_heads() as u64 * d;
+        let es = dtype.size();
+        let zero = |label: &str, bytes: u64| try_alloc(attn.device(), || sbattn::zeroed(attn.device(), label, bytes));
+        Ok(Tensors {
+            q: random_buffer(attn, "q", nq, dtype, seed, 1)?,
+            k: random_buffer(attn, "k", nk, dtype, seed, 2)?,
+            v: random_buffer(attn, "v", nk, dtype, seed, 3)?,
+            d_o: random_buffer(attn, "d_o", nq, dtype, seed, 4)?,
+            o: zero("o", nq * es)?,
+            log_rem: zero("log_rem", 4 * s.rows())?,
+            dq: zero("dq", nq * es)?,
+            dk: zero("dk", nk * es)?,
+            dv: zero("dv", nk * es)?,
+        })
+    }
+
+    fn destroy(&self) {
+        for b in [&self.q, &self.k, &self.v, &self.o, &self.d_o, &self.log_rem, &self.dq, &self.dk, &self.dv] {
+            b.destroy();
+        }
+    }
+}
+
+/// Times the forward, the backward and both of one configuration.
+fn measure(attn: &Attention, timer: &Timer, sampling: &Sampling, x: &Tensors, (s, dtype): (Shape, Dtype), (fwd_path, bwd_path): (KernelPath, KernelPath)) -> Result<[Summary; 3]> {
+    let t = TensorRef::bthd;
+    let fwd = Forward::new(s, dtype, t(&x.q), t(&x.k), t(&x.v), t(&x.o)).with_log_rem(BufferRef::new(&x.log_rem)).with_path(fwd_path);
+    let bwd = Backward::new(&fwd, t(&x.d_o), t(&x.dq), t(&x.dk), t(&x.dv)).with_path(bwd_path);
+    let err = |e: sbattn::Error| e.to_string();
+    // The forward first, so that the backward reads a real `o` and `log rem`.
+    let mut enc = attn.device().create_command_encoder(&Default::default());
+    attn.forward(&mut enc, &fwd).map_err(err)?;
+    attn.queue().submit([enc.finish()]);
+    wait(attn)?;
+    let mut out = Vec::new();
+    for which in 0..3 {
+        let timing = timer.measure(attn, sampling, &mut |enc, _| {
+            if which != 1 {
+                attn.forward(enc, &fwd).map_err(err)?;
+            }
+            if which != 0 {
+                attn.backward(enc, &bwd).map_err(err)?;
+            }
+            Ok(())
+        })?;
+        out.push(summarize(&timing.samples).ok_or("no finite samples")?);
+    }
+    Ok([out[0], out[1], out[2]])
+}
+
+/// Runs `sbattn bench backward`.
+///
+/// # Errors
+/// No adapter, a timer the device lacks, `--plot` (not drawn for this benchmark), writing the
+/// JSON.
+pub fn run(a: &BackwardArgs) -> Result<Outcome> {
+    if a.bench.plot.is_some() {
+        return Err("bench backward draws no plot: use --json".into());
+    }
+    let sampling = a.bench.sampling();
+    let shapes = a.shapes();
+    let mut doc = BackwardDoc {
+        tool: "sbattn bench backward",
+        date: utc_now(),
+        command: command_line(),
+        adapter: None,
+        timer: String::new(),
+        statistics: crate::forward::STATISTICS,
+        results: Vec::new(),
+        skipped: Vec::new(),
+    };
+    let table = Table::new(COLUMNS);
+    let mut header = false;
+    for checks in a.bench.checks() {
+        let attn = context(checks)?;
+        let errors = ErrorSlot::install(&attn);
+        let timer = Timer::new(&attn, a.bench.timer)?;
+        if doc.adapter.is_none() {
+            doc.adapter = Some(AdapterJson::of(&attn));
+            doc.timer = timer.describe();
+            println!("adapter: {} ({:?}); timer: {}\n", attn.capabilities().name, attn.capabilities().backend, doc.timer);
+        }
+        if !header {
+            println!("{}", table.header());
+            header = true;
+        }
+        for &shape in &shapes {
+            for dtype in a.dtypes.iter().map(|d| d.dtype()) {
+                let x = match errors.check(Tensors::new(&attn, &shape, dtype, a.bench.seed)) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        doc.skipped.push(Skip { what: format!("{} {}", shape_name(&shape), dtype_name(dtype)), reason: e });
+                        continue;
+                    }
+                };
+                for fwd_path in expand_paths(&a.paths, true) {
+                    let what = format!("{} {} {}", shape_name(&shape), dtype_name(dtype), path_name(fwd_path));
+                    let bwd_path = if attn.backward_variant(dtype, shape.head_dim(), fwd_path).is_ok() { fwd_path } else { KernelPath::Auto };
+                    let variant = attn.backward_variant(dtype, shape.head_dim(), bwd_path).and_then(|_| attn.forward_variant(dtype, shape.head_dim(), fwd_path));
+                    if let Err(e) = variant {
+                        doc.skipped.push(Skip { what, reason: e.to_string() });
+                        continue;
+                    }
+                    let bv = attn.backward_variant(dtype, shape.head_dim(), bwd_path).map(|v| format!("{v:?}")).unwrap_or_default();
+                    match errors.check(measure(&attn, &timer, &sampling, &x, (shape, dtype), (fwd_path, bwd_path))) {
+                        Ok([f, b, step]) => {
+                            let row = BackwardRow {
+                                shape: shape_name(&shape),
+                                dtype: dtype_name(dtype),
+                                checks: checks_name(checks),
+                                forward_path: path_name(fwd_path),
+                                backward_path: path_name(bwd_path),
+                                backward_variant: bv,
+                                forward: f,
+                                backward: b,
+                                step,
+                            };
+                            println!(
+                                "{}",
+                                table.row(&[
+                                    row.shape.clone(),
+                                    row.dtype.into(),
+                                    row.checks.into(),
+                                    row.forward_path.into(),
+                                    row.backward_path.into(),
+                                    fmt_ms(f.median * 1e3),
+                                    fmt_ms(b.median * 1e3),
+                                    fmt_sig(b.median / f.median, 3),
+                                    fmt_ms(step.median * 1e3),
+                                    format!("{:.0}%", step.spread * 100.0),
+                                ])
+                            );
+                            doc.results.push(row);
+                        }
+                        Err(e) => doc.skipped.push(Skip { what, reason: e }),
+                    }
+                    if let Some(path) = &a.bench.json {
+                        save_json(path, &doc)?;
+                    }
+                }
+                x.destroy();
+            }
+        }
+    }
+    for s in &doc.skipped {
+        println!("skipped {}: {}", s.what, s.reason);
+    }
+    if let Some(path) = &a.bench.json {
+        save_json(path, &doc)?;
+    }
+    Ok(if doc.results.is_empty() { Outcome::Failed("no configuration ran".into()) } else { Outcome::Passed })
+}
