@@ -104,6 +104,15 @@ impl Recipe {
         s
     }
 
+    /// The kernel for a paged KV cache (`paged`) or a contiguous one: the `PAGED` override of
+    /// common/pages.wgsl, which every recipe including that file sets (0 unless a call is
+    /// paged), so that contiguous calls run without the block table's code.
+    pub(crate) fn with_paging(mut self, paged: bool) -> Recipe {
+        self.overrides.retain(|(n, _)| *n != "PAGED");
+        self.overrides.push(("PAGED", paged as u32));
+        self
+    }
+
     /// The override constants as wgpu takes them.
     pub fn override_values(&self) -> Vec<(&'static str, f64)> {
         self.overrides.iter().map(|(n, v)| (*n, *v as f64)).collect()

@@ -57,6 +57,15 @@ fn all_recipes() -> Vec<Recipe> {
         out.push(decode::plan::merge_recipe(dtype));
     }
     out.extend(cache::all_recipes());
+    // Paging is the `PAGED` override: the paged form of every kernel that reads or writes a
+    // cache (forward variants, decode variants with one key per step, merges, appends).
+    let paged: Vec<Recipe> = out
+        .iter()
+        .filter(|r| r.overrides.contains(&("PAGED", 0)))
+        .filter(|r| r.overrides.len() == 1 || r.overrides.contains(&("U", 1)))
+        .map(|r| r.clone().with_paging(true))
+        .collect();
+    out.extend(paged);
     out.extend(backward::plan::all_recipes());
     out.extend(weights::plan::all_recipes());
     out

@@ -412,7 +412,8 @@ pub(crate) fn recipe(dtype: Dtype, entry: &'static str) -> Recipe {
         dtype,
         parts: vec![Part(files::ADDR), Part(files::PAGES), Part(files::CACHE_APPEND)],
         consts: vec![("AW", APPEND_WORKGROUP)],
-        overrides: Vec::new(),
+        // Contiguous unless the cache is paged (`Recipe::with_paging`).
+        overrides: vec![("PAGED", 0)],
         entry,
         bindings: BINDINGS,
         extensions: Extensions::default(),
@@ -486,8 +487,9 @@ impl Attention {
         counts_buf: &wgpu::Buffer,
     ) -> Result<()> {
         let l = &self.capabilities().limits;
-        let append = self.kernel(&recipe(desc.dtype, "append"))?;
-        let advance = self.kernel(&recipe(desc.dtype, "advance"))?;
+        let paged = desc.paging.is_some();
+        let append = self.kernel(&recipe(desc.dtype, "append").with_paging(paged))?;
+        let advance = self.kernel(&recipe(desc.dtype, "advance").with_paging(paged))?;
         let params = AppendParams {
             n,
             batch: desc.batch,

@@ -202,8 +202,9 @@ impl Attention {
         target: Option<[Binding<'_>; 2]>,
     ) -> Result<()> {
         let dtype = call.cache.desc().dtype;
-        let partial = self.kernel(&prep.plan.variant.recipe())?;
-        let merge = self.kernel(&plan::merge_recipe(dtype))?;
+        let paged = call.cache.desc().paging.is_some();
+        let partial = self.kernel(&prep.plan.variant.recipe().with_paging(paged))?;
+        let merge = self.kernel(&plan::merge_recipe(dtype).with_paging(paged))?;
         let o_part = self.scratch("sbattn decode partial o", prep.scratch.0)?;
         let s_part = self.scratch("sbattn decode partial log", prep.scratch.1)?;
         // Bound to what this call uses, not whole: the scratch buffers grow by doubling (up to

@@ -376,7 +376,8 @@ impl DecodeVariant {
                 ("W", self.load.vec4s()),
             ],
             // Keys per step is the overridable constant `U`: one module serves 1, 2, 4 and 8.
-            overrides: vec![("U", self.keys_per_step)],
+            // Contiguous unless the call is paged (`Recipe::with_paging`).
+            overrides: vec![("U", self.keys_per_step), ("PAGED", 0)],
             entry: "main",
             bindings: PARTIAL_BINDINGS,
             extensions: Extensions { subgroups: subgroup, ..Default::default() },
@@ -395,7 +396,7 @@ pub(crate) fn merge_recipe(dtype: Dtype) -> Recipe {
         dtype,
         parts: [files::ADDR, files::PAGES, files::DECODE_MERGE].map(Part).to_vec(),
         consts: vec![("MW", WORKGROUP)],
-        overrides: Vec::new(),
+        overrides: vec![("PAGED", 0)],
         entry: "main",
         bindings: MERGE_BINDINGS,
         extensions: Extensions::default(),

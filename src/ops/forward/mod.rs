@@ -421,7 +421,7 @@ impl Attention {
             let mut dispatches = Vec::with_capacity(preps.len());
             let tables: Vec<_> = preps.iter().map(|p| self.table(&p.schedule)).collect();
             for (prep, table) in preps.into_iter().zip(&tables) {
-                let kernel = self.kernel(&prep.variant.recipe())?;
+                let kernel = self.kernel(&prep.variant.recipe().with_paging(prep.params.pg.shift != 0))?;
                 let params = self.params(&prep.params);
                 let mut bindings = prep.bindings;
                 let sched = Binding { name: "schedule", buffer: &table.buffer, start: table.offset as u64, size: table.size, offset: 0, strides: [0; 3] };

@@ -145,7 +145,8 @@ impl ForwardVariant {
             dtype: self.dtype,
             parts,
             consts,
-            overrides: Vec::new(),
+            // Contiguous unless the call is paged (`Recipe::with_paging`).
+            overrides: vec![("PAGED", 0)],
             entry: "main",
             bindings: if self.path.is_cooperative() { COOP_BINDINGS } else { BINDINGS },
             extensions,
