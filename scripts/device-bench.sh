@@ -94,7 +94,9 @@ if has paged; then
   done
 fi
 if has tests; then
-  # Correctness on this GPU, every path it has (the tensor-core path only runs here).
+  # Correctness on this GPU, every path it has (the tensor-core path only runs here), with the
+  # long grids (SBATTN_FULL_TESTS=1: what CI on lavapipe leaves out).
+  export SBATTN_FULL_TESTS=1
   step 120 "test forward" .device/test-forward --test-threads 8
   step 60 "test decode" .device/test-decode --test-threads 8
   step 60 "test coop" .device/test-coop --test-threads 8

@@ -9,6 +9,14 @@ use sbattn::{from_bytes, Readback};
 #[cfg(not(target_arch = "wasm32"))]
 use std::sync::OnceLock;
 
+/// `SBATTN_FULL_TESTS=1`: the long grids (the GPU machine's runs, `scripts/device-bench.sh`, and
+/// long runs here). By default the tests are sized for CI on lavapipe (2 cores, every kernel
+/// compiled cold at its first dispatch); each test that runs less by default says what it
+/// leaves out.
+pub fn full_tests() -> bool {
+    std::env::var("SBATTN_FULL_TESTS").is_ok_and(|v| v == "1")
+}
+
 /// The shared device (native). Without an adapter the test fails, unless `SBATTN_ALLOW_NO_GPU=1` asks
 /// for a skip (then `None`, and the caller returns early, printing why).
 #[cfg(not(target_arch = "wasm32"))]
