@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::args::PrefillArgs;
 use crate::gpu::{ErrorSlot, context, dtype_name, try_alloc, wait};
-use crate::report::{AdapterJson, Align, Table, command_line, fmt_ms, fmt_sig, save_json, utc_now};
+use crate::report::{AdapterJson, Align, DocHeader, Table, fmt_ms, fmt_sig, save_json};
 use crate::stats::{Summary, summarize};
 use crate::timer::{Record, Sampling, Timer};
 use crate::training::random_buffer;
@@ -40,12 +40,8 @@ pub struct PrefillRow {
 
 #[derive(Debug, Serialize)]
 struct PrefillDoc {
-    tool: &'static str,
-    date: String,
-    command: String,
-    adapter: Option<AdapterJson>,
-    timer: String,
-    statistics: &'static str,
+    #[serde(flatten)]
+    head: DocHeader,
     dtype: &'static str,
     heads: u32,
     kv_heads: u32,
@@ -92,19 +88,14 @@ pub fn run(a: &PrefillArgs) -> Result<Outcome> {
     let errors = ErrorSlot::install(&attn);
     let timer = Timer::new(&attn, a.bench.timer)?;
     let mut doc = PrefillDoc {
-        tool: "sbattn bench prefill",
-        date: utc_now(),
-        command: command_line(),
-        adapter: Some(AdapterJson::of(&attn)),
-        timer: timer.describe(),
-        statistics: crate::forward::STATISTICS,
+        head: DocHeader { adapter: Some(AdapterJson::of(&attn)), timer: timer.describe(), ..DocHeader::new("sbattn bench prefill") },
         dtype: dtype_name(dtype),
         heads: h,
         kv_heads: hkv,
         head_dim: d,
         results: Vec::new(),
     };
-    println!("adapter: {} ({:?}); timer: {}; {} H{h}/{hkv} D{d}\n", attn.capabilities().name, attn.capabilities().backend, doc.timer, doc.dtype);
+    println!("adapter: {} ({:?}); timer: {}; {} H{h}/{hkv} D{d}\n", attn.capabilities().name, attn.capabilities().backend, doc.head.timer, doc.dtype);
     let table = Table::new(COLUMNS);
     println!("{}", table.header());
     let seed = a.bench.seed;

@@ -195,6 +195,30 @@ pub fn utc_now() -> String {
     )
 }
 
+/// What the JSON files of `bench backward` and `bench prefill` start with.
+#[derive(Debug, Serialize)]
+pub struct DocHeader {
+    /// The command (`sbattn bench ...`).
+    pub tool: &'static str,
+    /// UTC time of the run.
+    pub date: String,
+    /// The command line.
+    pub command: String,
+    /// What ran it.
+    pub adapter: Option<AdapterJson>,
+    /// The timer, described.
+    pub timer: String,
+    /// How the samples are summarised.
+    pub statistics: &'static str,
+}
+
+impl DocHeader {
+    /// The header of a run of `tool` (adapter and timer set once known).
+    pub fn new(tool: &'static str) -> DocHeader {
+        DocHeader { tool, date: utc_now(), command: command_line(), adapter: None, timer: String::new(), statistics: crate::forward::STATISTICS }
+    }
+}
+
 /// The adapter a result was measured on, for the JSON.
 #[derive(Clone, Debug, Serialize)]
 pub struct AdapterJson {

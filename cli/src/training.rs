@@ -14,9 +14,7 @@ use serde::Serialize;
 
 use crate::args::{BackwardArgs, expand_paths};
 use crate::gpu::{ErrorSlot, checks_name, context, dtype_name, path_name, try_alloc, wait};
-use crate::report::{
-    AdapterJson, Align, Skip, Table, command_line, fmt_ms, fmt_sig, save_json, shape_name, utc_now,
-};
+use crate::report::{AdapterJson, Align, DocHeader, Skip, Table, fmt_ms, fmt_sig, save_json, shape_name};
 use crate::stats::{Summary, summarize};
 use crate::timer::{Sampling, Timer};
 use crate::{Outcome, Result};
@@ -47,12 +45,8 @@ pub struct BackwardRow {
 /// The JSON file.
 #[derive(Debug, Serialize)]
 struct BackwardDoc {
-    tool: &'static str,
-    date: String,
-    command: String,
-    adapter: Option<AdapterJson>,
-    timer: String,
-    statistics: &'static str,
+    #[serde(flatten)]
+    head: DocHeader,
     results: Vec<BackwardRow>,
     skipped: Vec<Skip>,
 }
@@ -155,12 +149,7 @@ pub fn run(a: &BackwardArgs) -> Result<Outcome> {
     let sampling = a.bench.sampling();
     let shapes = a.shapes();
     let mut doc = BackwardDoc {
-        tool: "sbattn bench backward",
-        date: utc_now(),
-        command: command_line(),
-        adapter: None,
-        timer: String::new(),
-        statistics: crate::forward::STATISTICS,
+        head: DocHeader::new("sbattn bench backward"),
         results: Vec::new(),
         skipped: Vec::new(),
     };
@@ -170,10 +159,10 @@ pub fn run(a: &BackwardArgs) -> Result<Outcome> {
         let attn = context(checks)?;
         let errors = ErrorSlot::install(&attn);
         let timer = Timer::new(&attn, a.bench.timer)?;
-        if doc.adapter.is_none() {
-            doc.adapter = Some(AdapterJson::of(&attn));
-            doc.timer = timer.describe();
-            println!("adapter: {} ({:?}); timer: {}\n", attn.capabilities().name, attn.capabilities().backend, doc.timer);
+        if doc.head.adapter.is_none() {
+            doc.head.adapter = Some(AdapterJson::of(&attn));
+            doc.head.timer = timer.describe();
+            println!("adapter: {} ({:?}); timer: {}\n", attn.capabilities().name, attn.capabilities().backend, doc.head.timer);
         }
         if !header {
             println!("{}", table.header());
