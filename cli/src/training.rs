@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use crate::args::{BackwardArgs, expand_paths};
 use crate::gpu::{ErrorSlot, checks_name, context, dtype_name, path_name, try_alloc, wait};
-use crate::report::{AdapterJson, Align, DocHeader, Skip, Table, fmt_ms, fmt_sig, save_json, shape_name};
+use crate::plot::{self, BaselineKind, Item, PlotSpec};
+use crate::report::{AdapterJson, Align, DocHeader, Progress, Skip, Table, fmt_ms, fmt_sig, save_json, shape_name};
 use crate::stats::{Summary, summarize};
 use crate::timer::{Sampling, Timer};
 use crate::{Outcome, Result};
@@ -137,14 +138,47 @@ fn measure(attn: &Attention, timer: &Timer, sampling: &Sampling, x: &Tensors, (s
     Ok([out[0], out[1], out[2]])
 }
 
+/// Work of one training step's attention: the forward's `4 B H (T^2/2) D` and the backward's
+/// 2.5 times that (the convention of FlashAttention's and FLA's benchmarks).
+fn step_flops(s: &Shape) -> f64 {
+    3.5 * s.forward_flops()
+}
+
+/// Forward + backward time and TFLOP/s against T, a line per forward path, dtype and checks
+/// setting (and per B, H, D).
+fn draw(path: &std::path::Path, doc: &BackwardDoc, shapes: &[Shape]) -> Result<()> {
+    let items: Vec<Item> = doc
+        .results
+        .iter()
+        .filter_map(|r| {
+            let s = shapes.iter().find(|s| shape_name(s) == r.shape)?;
+            Some(Item {
+                dims: vec![format!("fwd {} + bwd {}", r.forward_path, r.backward_path), r.dtype.into(), r.checks.into()],
+                family: (s.batch(), s.heads(), s.kv_heads(), s.head_dim()),
+                x: s.seq_len() as f64,
+                ms: r.step.median * 1e3,
+                rate: step_flops(s) / r.step.median * 1e-12,
+                preferred: false,
+            })
+        })
+        .collect();
+    let adapter = doc.head.adapter.as_ref().map_or(String::new(), |x| x.name.clone());
+    let spec = PlotSpec {
+        title: format!("sbattn forward + backward on {adapter} ({}, median)", doc.head.timer),
+        x_label: "sequence length T".into(),
+        rate_label: "TFLOP/s (backward = 2.5 x forward work)".into(),
+    };
+    plot::draw(path, &spec, &plot::series(&items, &[], BaselineKind::Forward))
+}
+
 /// Runs `sbattn bench backward`.
 ///
 /// # Errors
 /// No adapter, a timer the device lacks, `--plot` (not drawn for this benchmark), writing the
-/// JSON.
+/// JSON, drawing the plot.
 pub fn run(a: &BackwardArgs) -> Result<Outcome> {
-    if a.bench.plot.is_some() {
-        return Err("bench backward draws no plot: use --json".into());
+    if a.bench.baselines.is_some() {
+        return Err("bench backward draws no baselines (their files time other work)".into());
     }
     let sampling = a.bench.sampling();
     let shapes = a.shapes();
@@ -155,6 +189,8 @@ pub fn run(a: &BackwardArgs) -> Result<Outcome> {
     };
     let table = Table::new(COLUMNS);
     let mut header = false;
+    let steps = a.bench.checks().len() * shapes.len() * a.dtypes.len() * expand_paths(&a.paths, true).len();
+    let progress = Progress::new(steps as u64);
     for checks in a.bench.checks() {
         let attn = context(checks)?;
         let errors = ErrorSlot::install(&attn);
@@ -165,7 +201,7 @@ pub fn run(a: &BackwardArgs) -> Result<Outcome> {
             println!("adapter: {} ({:?}); timer: {}\n", attn.capabilities().name, attn.capabilities().backend, doc.head.timer);
         }
         if !header {
-            println!("{}", table.header());
+            progress.println(&table.header());
             header = true;
         }
         for &shape in &shapes {
@@ -179,6 +215,8 @@ pub fn run(a: &BackwardArgs) -> Result<Outcome> {
                 };
                 for fwd_path in expand_paths(&a.paths, true) {
                     let what = format!("{} {} {}", shape_name(&shape), dtype_name(dtype), path_name(fwd_path));
+                    progress.set_message(what.clone());
+                    progress.inc();
                     let bwd_path = if attn.backward_variant(dtype, shape.head_dim(), fwd_path).is_ok() { fwd_path } else { KernelPath::Auto };
                     let variant = attn.backward_variant(dtype, shape.head_dim(), bwd_path).and_then(|_| attn.forward_variant(dtype, shape.head_dim(), fwd_path));
                     if let Err(e) = variant {
@@ -199,9 +237,8 @@ pub fn run(a: &BackwardArgs) -> Result<Outcome> {
                                 backward: b,
                                 step,
                             };
-                            println!(
-                                "{}",
-                                table.row(&[
+                            progress.println(
+                                &table.row(&[
                                     row.shape.clone(),
                                     row.dtype.into(),
                                     row.checks.into(),
@@ -212,7 +249,7 @@ pub fn run(a: &BackwardArgs) -> Result<Outcome> {
                                     fmt_sig(b.median / f.median, 3),
                                     fmt_ms(step.median * 1e3),
                                     format!("{:.0}%", step.spread * 100.0),
-                                ])
+                                ]),
                             );
                             doc.results.push(row);
                         }
@@ -226,11 +263,16 @@ pub fn run(a: &BackwardArgs) -> Result<Outcome> {
             }
         }
     }
+    progress.finish();
     for s in &doc.skipped {
         println!("skipped {}: {}", s.what, s.reason);
     }
     if let Some(path) = &a.bench.json {
         save_json(path, &doc)?;
+    }
+    if let Some(path) = &a.bench.plot {
+        draw(path, &doc, &shapes)?;
+        println!("wrote {}", path.display());
     }
     Ok(if doc.results.is_empty() { Outcome::Failed("no configuration ran".into()) } else { Outcome::Passed })
 }
