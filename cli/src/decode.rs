@@ -772,13 +772,7 @@ pub fn run(a: &DecodeArgs) -> Result<Outcome> {
         draw(a, &doc, p)?;
         eprintln!("wrote {}", p.display());
     }
-    Ok(if failed == 0 {
-        Outcome::Passed
-    } else {
-        Outcome::Failed(format!(
-            "{failed} configuration(s) failed their correctness check"
-        ))
-    })
+    Ok(Outcome::of_checks(failed))
 }
 
 /// The table row of one result.

@@ -667,13 +667,7 @@ pub fn run(a: &ForwardArgs) -> Result<Outcome> {
         draw(a, &doc, p)?;
         eprintln!("wrote {}", p.display());
     }
-    Ok(if failed == 0 {
-        Outcome::Passed
-    } else {
-        Outcome::Failed(format!(
-            "{failed} configuration(s) failed their correctness check"
-        ))
-    })
+    Ok(Outcome::of_checks(failed))
 }
 
 /// Compiles `c`'s pipeline (recording one call and running it): seconds it took when it

@@ -79,5 +79,17 @@ pub enum Outcome {
     Failed(String),
 }
 
+impl Outcome {
+    /// The outcome of a benchmark sweep in which `failed` configurations failed their
+    /// correctness check.
+    pub fn of_checks(failed: usize) -> Outcome {
+        if failed == 0 {
+            Outcome::Passed
+        } else {
+            Outcome::Failed(format!("{failed} configuration(s) failed their correctness check"))
+        }
+    }
+}
+
 /// Errors of the tool: a message for the user.
 pub type Result<T> = std::result::Result<T, String>;

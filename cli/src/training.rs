@@ -217,13 +217,21 @@ pub fn run(a: &BackwardArgs) -> Result<Outcome> {
                     let what = format!("{} {} {}", shape_name(&shape), dtype_name(dtype), path_name(fwd_path));
                     progress.set_message(what.clone());
                     progress.inc();
-                    let bwd_path = if attn.backward_variant(dtype, shape.head_dim(), fwd_path).is_ok() { fwd_path } else { KernelPath::Auto };
-                    let variant = attn.backward_variant(dtype, shape.head_dim(), bwd_path).and_then(|_| attn.forward_variant(dtype, shape.head_dim(), fwd_path));
-                    if let Err(e) = variant {
-                        doc.skipped.push(Skip { what, reason: e.to_string() });
-                        continue;
-                    }
-                    let bv = attn.backward_variant(dtype, shape.head_dim(), bwd_path).map(|v| format!("{v:?}")).unwrap_or_default();
+                    // The forward path's own backward, else the automatic one (no tensor-core
+                    // backward kernel): one variant lookup per configuration.
+                    let d = shape.head_dim();
+                    let chosen = attn
+                        .backward_variant(dtype, d, fwd_path)
+                        .map(|v| (fwd_path, v))
+                        .or_else(|_| attn.backward_variant(dtype, d, KernelPath::Auto).map(|v| (KernelPath::Auto, v)))
+                        .and_then(|c| attn.forward_variant(dtype, d, fwd_path).map(|_| c));
+                    let (bwd_path, bv) = match chosen {
+                        Ok((p, v)) => (p, format!("{v:?}")),
+                        Err(e) => {
+                            doc.skipped.push(Skip { what, reason: e.to_string() });
+                            continue;
+                        }
+                    };
                     match errors.check(measure(&attn, &timer, &sampling, &x, (shape, dtype), (fwd_path, bwd_path))) {
                         Ok([f, b, step]) => {
                             let row = BackwardRow {
