@@ -48,7 +48,7 @@ pub use ops::common::Remainder;
 pub use ops::decode::plan::{DecodePlan, DecodeTuning, DecodeVariant, Load};
 pub use ops::decode::partial::{Merge, Partials};
 pub use ops::decode::{Decode, MAX_NEW_TOKENS};
-pub use ops::forward::plan::{ForwardTuning, ForwardVariant, TileConfig};
+pub use ops::forward::plan::{ForwardTuning, ForwardVariant, KernelOptions, TileConfig};
 pub use ops::forward::{Forward, Keys};
 pub use ops::weights::{weights_bytes, HostWeights, Weights, MAX_WEIGHTS_SEQ_LEN};
 pub use tensor::{Addressing, BufferRef, TensorRef};

@@ -560,6 +560,11 @@ pub struct ForwardArgs {
     /// Only the coop path takes it.
     #[arg(long, value_delimiter = ',', action = ArgAction::Set, default_value = "auto", value_parser = parse_auto)]
     pub coop_block_n: Vec<Auto<u32>>,
+    /// Forward tunings to measure (ForwardTuning::parse): `auto`, or parts joined by `+`
+    /// (bn32, bn64, pf, nopf, qs, noqs, hi, nohi), e.g. `auto,qs+bn32,hi`. Each is combined with
+    /// each --coop-block-n; the coop-only parts apply to the coop path.
+    #[arg(long, value_delimiter = ',', action = ArgAction::Set, default_value = "auto", value_parser = parse_tuning)]
+    pub tuning: Vec<sbattn::ForwardTuning>,
     /// Input sets the calls rotate through (never one tiny input).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..=64))]
     pub sets: u32,
@@ -816,4 +821,8 @@ pub struct HeatmapArgs {
     /// A linear colour scale from 0 to 1 instead of the log scale.
     #[arg(long)]
     pub linear: bool,
+}
+
+fn parse_tuning(s: &str) -> Result<sbattn::ForwardTuning, String> {
+    sbattn::ForwardTuning::parse(s).map_err(|e| e.to_string())
 }

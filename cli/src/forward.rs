@@ -258,8 +258,10 @@ impl Config {
         } else {
             chosen.to_string()
         };
-        if let Some(n) = self.tuning.coop_block_n {
-            s.push_str(&format!(" bn{n}"));
+        let tuning = self.tuning.label();
+        if !tuning.is_empty() {
+            s.push(' ');
+            s.push_str(&tuning);
         }
         s
     }
@@ -346,6 +348,8 @@ struct ForwardResult {
     path: &'static str,
     variant: String,
     coop_block_n: Option<u32>,
+    /// ForwardTuning::label of what was set ("" for the defaults).
+    tuning: String,
     eps: f32,
     inputs: &'static str,
     checks: &'static str,
@@ -436,18 +440,29 @@ fn runnable(attn: &Attention, a: &ForwardArgs, shape: &Shape) -> (Vec<Run>, Vec<
                     what,
                     reason: e.to_string(),
                 }),
-                Ok(v) if !v.path.is_cooperative() => {
-                    out.push((dtype, path, v, ForwardTuning::default()))
-                }
-                Ok(_) => {
-                    for n in &a.coop_block_n {
-                        let tuning = n.get().map_or(ForwardTuning::default(), |n| {
-                            ForwardTuning::default().with_coop_block_n(n)
-                        });
+                Ok(v) => {
+                    // The coop-only parts of a tuning apply to the coop path alone: the portable
+                    // paths take each distinct remainder once.
+                    let mut tunings: Vec<ForwardTuning> = Vec::new();
+                    for base in &a.tuning {
+                        for n in &a.coop_block_n {
+                            let mut t = *base;
+                            if let Some(n) = n.get() {
+                                t = t.with_coop_block_n(n);
+                            }
+                            if !v.path.is_cooperative() {
+                                t = ForwardTuning::default().with_heads_inner_opt(t.heads_inner);
+                            }
+                            if !tunings.contains(&t) {
+                                tunings.push(t);
+                            }
+                        }
+                    }
+                    for tuning in tunings {
                         match plan::choose(attn.capabilities(), dtype, d, path, true, &tuning) {
                             Ok(v) => out.push((dtype, path, v, tuning)),
                             Err(e) => skipped.push(Skip {
-                                what: format!("{what} coop_block_n {n}"),
+                                what: format!("{what} tuning {}", tuning.label()),
                                 reason: e.to_string(),
                             }),
                         }
@@ -713,6 +728,7 @@ fn result(
         path: path_name(c.variant.path),
         variant: format!("{:?}", c.variant),
         coop_block_n: c.tuning.coop_block_n,
+        tuning: c.tuning.label(),
         eps: c.eps,
         inputs: c.inputs.name(),
         checks: checks_name(checks),
@@ -789,8 +805,9 @@ fn draw(a: &ForwardArgs, doc: &ForwardDoc, path: &std::path::Path) -> Result<()>
             } else {
                 r.path.to_string()
             };
-            if let Some(n) = r.coop_block_n {
-                path.push_str(&format!(" bn{n}"));
+            if !r.tuning.is_empty() {
+                path.push(' ');
+                path.push_str(&r.tuning);
             }
             Item {
                 dims: vec![
@@ -809,7 +826,7 @@ fn draw(a: &ForwardArgs, doc: &ForwardDoc, path: &std::path::Path) -> Result<()>
                 x: r.shape.seq_len as f64,
                 ms: r.median_ms,
                 rate: r.tflops_median,
-                preferred: r.coop_block_n.is_none()
+                preferred: r.tuning.is_empty()
                     && r.eps == 0.0
                     && r.inputs == "random"
                     && r.checks == "default",

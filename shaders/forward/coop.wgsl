@@ -7,6 +7,10 @@
 //   const BM: u32;   query rows per workgroup, 16 per subgroup
 //   const BN: u32;   keys per tile (32 or 64)
 //   const ND: u32;   head-dim blocks of 16 (head dim D = 16 * ND, 1 <= ND <= 8)
+//   const PF: u32;   1: the next K or V tile's loads in registers during the current math;
+//                    0: loaded right before they are stored (fewer live registers)
+//   const QS: u32;   1: Q blocks in workgroup memory (q_s), loaded per tile; 0: in registers
+//   const HI: u32;   work order (forward/io.wgsl `work_of`)
 // from src/ops/forward/plan.rs), common/addr.wgsl, forward/io.wgsl (Params, bindings), the
 // matrix operations (forward/coop_mat.wgsl on tensor cores, or forward/coop_emu.wgsl, their
 // emulation for tests: types MA, MB, MC, `mma` and one load or store function per operand),
@@ -45,7 +49,8 @@ const DP: u32 = 16u * ND;                  // head dim
 const XS: u32 = DP + 8u;                   // row stride (halves) of kv_s: 16-byte multiple, rows in other banks
 const SS: u32 = BN + 4u;                   // row stride (f32) of s_s
 const PS: u32 = BN + 8u;                   // row stride (halves) of p_s
-const KR: u32 = max(BM, BN);               // rows of kv_s (Q passes through it first)
+const KR: u32 = max(BM * (1u - QS), BN);   // rows of kv_s (Q passes through it first unless QS)
+const QR: u32 = 1u + (BM - 1u) * QS;       // rows of q_s (1: unused)
 const C4: u32 = DP / 4u;                   // vec4<f16> of one key row
 const NV: u32 = BN * C4 / WG;              // vec4<f16> of a tile each invocation copies (1 ..= 16)
 const_assert NV * WG == BN * C4;
@@ -68,6 +73,7 @@ struct Tile {
 // multiple of 16 bytes long: wherever each lands, all stay 16-byte aligned.
 var<workgroup> s_s: array<f32, BM * SS>;     // [BM][BN] scores, then partial weights; epilogue
 var<workgroup> kv_s: array<f16, KR * XS>;    // [key][DP] the K or V tile; [BM][DP] Q at the start
+var<workgroup> q_s: array<f16, QR * XS>;     // [BM][DP] Q for the whole walk (QS = 1)
 var<workgroup> p_s: array<f16, BM * PS>;     // [BM][BN] weights (A operand of P V)
 var<workgroup> carry_s: array<f32, BM>;      // final carry per row, for the epilogue
 var<workgroup> live_s: array<u32, BM>;       // early exit: row still has stick >= eps
@@ -83,7 +89,7 @@ fn stage_rows(which: u32, base: u32, stride: u32, t0: u32, n: u32, lidx: u32) {
         if (t0 + r < sq.tq) {
             if (which == 0u) { val = q[src]; } else if (which == 1u) { val = k[src]; } else { val = v[src]; }
         }
-        kv_s[r * XS + d] = val;
+        if (QS == 1u && which == 0u) { q_s[r * XS + d] = val; } else { kv_s[r * XS + d] = val; }
     }
 }
 
@@ -200,16 +206,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(subgroup_id) sg_id: u32,
         @builtin(subgroup_size) sg_size: u32,
         @builtin(subgroup_invocation_id) sg_lane: u32) {
-    let wi = wid.x + p.work_x * wid.z;        // work items come heaviest first
-    if (wi >= p.n_work) { return; }           // the grid's padding (the whole workgroup)
-    let item = schedule(wi, lidx);
+    let work = work_of(wid);                  // work items come heaviest first
+    if (work.pad) { return; }                 // the grid's padding (the whole workgroup)
+    let item = schedule(work.wi, lidx);
     // A local copy for every decision the workgroup must take together: a module-scope
     // variable counts as non-uniform to WGSL's uniformity analysis (Tint enforces it).
     let seq = seq_of(item);
     sq = seq;
     let b = item.b;
     let qt = item.qt;
-    let h = wid.y;
+    let h = work.h;
     let hk = h / p.group;
     let r0 = qt * BM;
     if (r0 >= seq.tq) { return; }             // an empty or corrupt record (uniform)
@@ -234,16 +240,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     // Q blocks of this subgroup's rows, once (zero past T).
     stage_rows(0u, qb0, p.q.st, r0, BM, lidx);
     workgroupBarrier();
-    var q0 = load_q(g, 0u);
-    var q1 = q0; var q2 = q0; var q3 = q0; var q4 = q0; var q5 = q0; var q6 = q0; var q7 = q0;
-    if (ND > 1u) { q1 = load_q(g, 1u); }
-    if (ND > 2u) { q2 = load_q(g, 2u); }
-    if (ND > 3u) { q3 = load_q(g, 3u); }
-    if (ND > 4u) { q4 = load_q(g, 4u); }
-    if (ND > 5u) { q5 = load_q(g, 5u); }
-    if (ND > 6u) { q6 = load_q(g, 6u); }
-    if (ND > 7u) { q7 = load_q(g, 7u); }
-    workgroupBarrier();                       // kv_s is free for K
+    // (QS = 1: read from q_s per tile instead, these stay unused.)
+    var q0 = MA(); var q1 = MA(); var q2 = MA(); var q3 = MA();
+    var q4 = MA(); var q5 = MA(); var q6 = MA(); var q7 = MA();
+    if (QS == 0u) {
+        q0 = load_q(g, 0u);
+        if (ND > 1u) { q1 = load_q(g, 1u); }
+        if (ND > 2u) { q2 = load_q(g, 2u); }
+        if (ND > 3u) { q3 = load_q(g, 3u); }
+        if (ND > 4u) { q4 = load_q(g, 4u); }
+        if (ND > 5u) { q5 = load_q(g, 5u); }
+        if (ND > 6u) { q6 = load_q(g, 6u); }
+        if (ND > 7u) { q7 = load_q(g, 7u); }
+        workgroupBarrier();                   // kv_s is free for K
+    }
 
     var o0 = MC(); var o1 = MC(); var o2 = MC(); var o3 = MC();
     var o4 = MC(); var o5 = MC(); var o6 = MC(); var o7 = MC();
@@ -266,17 +276,28 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         let masked = k0 + BN > seq.p0 + r0 + ac;   // the diagonal tile(s): apply the causal mask
 
         // 1. V's loads in flight while S is computed.
-        nxt = fetch(true, vb0, k0, lidx);
+        if (PF == 1u) { nxt = fetch(true, vb0, k0, lidx); }
         {
             var s0 = MC(); var s1 = MC(); var s2 = MC(); var s3 = MC();
-            score(q0, 0u, &s0, &s1, &s2, &s3);
-            if (ND > 1u) { score(q1, 1u, &s0, &s1, &s2, &s3); }
-            if (ND > 2u) { score(q2, 2u, &s0, &s1, &s2, &s3); }
-            if (ND > 3u) { score(q3, 3u, &s0, &s1, &s2, &s3); }
-            if (ND > 4u) { score(q4, 4u, &s0, &s1, &s2, &s3); }
-            if (ND > 5u) { score(q5, 5u, &s0, &s1, &s2, &s3); }
-            if (ND > 6u) { score(q6, 6u, &s0, &s1, &s2, &s3); }
-            if (ND > 7u) { score(q7, 7u, &s0, &s1, &s2, &s3); }
+            if (QS == 1u) {
+                score(load_q(g, 0u), 0u, &s0, &s1, &s2, &s3);
+                if (ND > 1u) { score(load_q(g, 1u), 1u, &s0, &s1, &s2, &s3); }
+                if (ND > 2u) { score(load_q(g, 2u), 2u, &s0, &s1, &s2, &s3); }
+                if (ND > 3u) { score(load_q(g, 3u), 3u, &s0, &s1, &s2, &s3); }
+                if (ND > 4u) { score(load_q(g, 4u), 4u, &s0, &s1, &s2, &s3); }
+                if (ND > 5u) { score(load_q(g, 5u), 5u, &s0, &s1, &s2, &s3); }
+                if (ND > 6u) { score(load_q(g, 6u), 6u, &s0, &s1, &s2, &s3); }
+                if (ND > 7u) { score(load_q(g, 7u), 7u, &s0, &s1, &s2, &s3); }
+            } else {
+                score(q0, 0u, &s0, &s1, &s2, &s3);
+                if (ND > 1u) { score(q1, 1u, &s0, &s1, &s2, &s3); }
+                if (ND > 2u) { score(q2, 2u, &s0, &s1, &s2, &s3); }
+                if (ND > 3u) { score(q3, 3u, &s0, &s1, &s2, &s3); }
+                if (ND > 4u) { score(q4, 4u, &s0, &s1, &s2, &s3); }
+                if (ND > 5u) { score(q5, 5u, &s0, &s1, &s2, &s3); }
+                if (ND > 6u) { score(q6, 6u, &s0, &s1, &s2, &s3); }
+                if (ND > 7u) { score(q7, 7u, &s0, &s1, &s2, &s3); }
+            }
             store_s(s0, g, 0u);
             store_s(s1, g, 1u);
             if (BN > 32u) {
@@ -287,9 +308,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         workgroupBarrier();                   // S ready; K no longer needed
 
         // 2. V into kv_s; the next K tile's loads in flight during the scan and P V.
-        put(nxt, lidx);
+        if (PF == 1u) { put(nxt, lidx); } else { put(fetch(true, vb0, k0, lidx), lidx); }
         let more = kt > 0u;
-        if (more) {
+        if (more && PF == 1u) {
             nxt = fetch(false, kb0, k0 - BN, lidx);
         }
 
@@ -367,7 +388,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
 
         // The next tile's K.
         if (more) {
-            put(nxt, lidx);
+            if (PF == 1u) { put(nxt, lidx); } else { put(fetch(false, kb0, k0 - BN, lidx), lidx); }
             workgroupBarrier();               // K ready
         }
     }

@@ -50,7 +50,10 @@ fn mma(a: MA, b: MB, c: MC) -> MC {
 fn load_q(g: u32, db: u32) -> MA {
     let i = 16u * g * XS + 16u * db;
     var m = EM();
-    for (var j = 0u; j < 8u; j++) { m.e[j] = f32(kv_s[i + emu_r(j) * XS + emu_c(j)]); }
+    for (var j = 0u; j < 8u; j++) {
+        let x = i + emu_r(j) * XS + emu_c(j);
+        if (QS == 1u) { m.e[j] = f32(q_s[x]); } else { m.e[j] = f32(kv_s[x]); }
+    }
     return m;
 }
 // Column-major: element (r, c) at kv_s[i + c * XS + r].

@@ -15,10 +15,11 @@ fn mma(a: MA, b: MB, c: MC) -> MC {
 
 // Block i (keys 16 (i / ND) .., head dims 16 (i % ND) ..) of the K or V tile at key k0, as a
 // row-major [key][d] matrix: loaded from global memory, stored into kv_s.
-// Q block (rows 16g .., head-dim block db) from kv_s, row-major.
+// Q block (rows 16g .., head-dim block db) from kv_s (q_s with QS = 1), row-major.
 fn load_q(g: u32, db: u32) -> MA {
     let i = 16u * g * XS + 16u * db;
     let st = XS;
+    if (QS == 1u) { return coopLoadT<MA>(&q_s[i], st); }
     return coopLoadT<MA>(&kv_s[i], st);
 }
 

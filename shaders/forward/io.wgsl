@@ -62,6 +62,23 @@ struct Item {
 }
 var<workgroup> item_s: Item;
 
+// Work item and query head of workgroup `wid`, and whether it is the grid's padding. HI
+// (prelude) 0: the grid is (items, H, z), item wid.x + work_x wid.z, head wid.y: each head's
+// items heaviest first, the heads one after another. 1: the grid is (items x H, 1, z), the heads
+// innermost, so that the heaviest items of all heads come first.
+struct Work {
+    wi: u32,
+    h: u32,
+    pad: bool,
+}
+fn work_of(wid: vec3<u32>) -> Work {
+    let lin = wid.x + p.work_x * wid.z;
+    if (HI == 1u) {
+        return Work(lin / p.h, lin % p.h, lin / p.h >= p.n_work);
+    }
+    return Work(lin, wid.y, lin >= p.n_work);
+}
+
 // Work item wi's sequence record, clamped: every index derived from it stays in its buffer.
 fn schedule(wi: u32, lidx: u32) -> Item {
     if (lidx == 0u) {

@@ -307,16 +307,16 @@ fn finish_row(i: u32, t: u32, co: u32, b: u32, h: u32, vb: u32,
 var<private> sq: Seq;
 
 fn body(wid: vec3<u32>, lidx: u32, slot: u32, sg_lane: u32) {
-    let wi = wid.x + p.work_x * wid.z;       // work items come heaviest first
-    if (wi >= p.n_work) { return; }          // the grid's padding (the whole workgroup)
-    let item = schedule(wi, lidx);
+    let work = work_of(wid);                  // work items come heaviest first
+    if (work.pad) { return; }                 // the grid's padding (the whole workgroup)
+    let item = schedule(work.wi, lidx);
     let b = item.b;
     let qt = item.qt;
     // A local copy for every decision the workgroup must take together: a module-scope
     // variable counts as non-uniform to WGSL's uniformity analysis (Tint enforces it).
     let seq = seq_of(item);
     sq = seq;
-    let h = wid.y;
+    let h = work.h;
     let hk = h / p.group;
     let rg = slot / G;
     let g = slot % G;

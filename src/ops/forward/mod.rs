@@ -483,10 +483,19 @@ impl Attention {
         if table_bytes > l.max_storage_buffer_binding_size {
             return Err(Error::Limit { what: "storage binding size", value: table_bytes, limit: l.max_storage_buffer_binding_size });
         }
+        // The grid: (items, heads, z) head by head, or (items x heads, 1, z) with the heads
+        // innermost (forward/io.wgsl `work_of`); x * z covers the items, wrapping at the limit.
         let most = l.max_compute_workgroups_per_dimension.max(1);
-        let work_x = n_work.clamp(1, most);
-        let rows_z = n_work.div_ceil(work_x).max(1);
-        check_grid(l, &[("work items (dispatch x * z)", rows_z as u64), ("heads (dispatch y)", s.heads() as u64)])?;
+        let inner = variant.options.heads_inner;
+        let linear = if inner {
+            n_work.checked_mul(s.heads()).ok_or_else(|| Error::Shape(format!("{n_work} work items x {} heads exceed u32", s.heads())))?
+        } else {
+            n_work
+        };
+        let work_x = linear.clamp(1, most);
+        let rows_z = linear.div_ceil(work_x).max(1);
+        let grid_y = if inner { 1 } else { s.heads() };
+        check_grid(l, &[("work items (dispatch x * z)", rows_z as u64), ("heads (dispatch y)", grid_y as u64)])?;
         // Packed tensors have one batch entry: their batch strides never apply.
         let addr = |b: &Binding<'_>, packed: bool| Addr { sb: if packed { 0 } else { b.strides[0] }, ..Addr::of(b, 1) };
         let k_packed = lay.packed && !matches!(call.keys, Keys::Cache(_));
@@ -519,6 +528,6 @@ impl Attention {
         if variant.path.is_cooperative() {
             bindings.extend([k, v]); // the tensor-core kernel's vec4 views of them
         }
-        Ok(Prepared { variant, params, bindings, schedule, grid: [work_x, s.heads(), rows_z] })
+        Ok(Prepared { variant, params, bindings, schedule, grid: [work_x, grid_y, rows_z] })
     }
 }

@@ -9,9 +9,20 @@ use crate::{Dtype, Error, KernelPath, Result, MAX_HEAD_DIM};
 
 /// Largest head dim of the cooperative-matrix kernel (8 accumulator blocks of 16 per subgroup).
 pub const COOP_MAX_HEAD_DIM: u32 = 128;
-/// Keys per tile of the cooperative-matrix kernel unless tuned (64 measured faster than 32 on
-/// the H200: BENCHMARKS.md).
-const COOP_BLOCK_N: u32 = 64;
+/// Keys per tile of the cooperative-matrix kernel unless tuned: 64 above head dim 64, 32 up to
+/// it (measured on the H200, 2026-12-02, BENCHMARKS.md: 4.12 ms with 64 and 4.59 with 32 at B4
+/// H12 T4096 D128; 1.80 with 64 and 1.64 with 32 at B1 H32 T4096 D64).
+fn coop_block_n(head_dim: u32) -> u32 {
+    if head_dim <= 64 { 32 } else { 64 }
+}
+
+/// The cooperative-matrix kernel's register prefetch unless tuned: on up to head dim 64, off
+/// above it, where the next tile's registers cost more than its early loads gain (measured on
+/// the H200, 2026-12-02, 64-key tiles: 4.12 ms with it and 4.00 without at B4 H12 T4096 D128;
+/// 1.80 with and 2.06 without at B1 H32 T4096 D64).
+fn coop_prefetch(head_dim: u32) -> bool {
+    head_dim <= 64
+}
 
 /// Tile sizes of a forward kernel. Everything else is derived from these.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -36,18 +47,102 @@ impl TileConfig {
     }
 }
 
-/// Tuning of the forward kernels, for measurements; the defaults are what ships.
+/// Tuning of the forward kernels, for measurements; the defaults (`None`) are what ships.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct ForwardTuning {
-    /// Keys per tile of the cooperative-matrix kernel: 32 or 64 (`None`: the default).
+    /// Keys per tile of the cooperative-matrix kernel: 32 or 64.
     pub coop_block_n: Option<u32>,
+    /// The cooperative-matrix kernel loads the next K or V tile into registers during the
+    /// current tile's math (`true`), or right before storing it into workgroup memory.
+    pub coop_prefetch: Option<bool>,
+    /// The cooperative-matrix kernel keeps its Q blocks in workgroup memory (`true`, loaded
+    /// once per tile: fewer registers, more workgroup memory) or in registers.
+    pub coop_q_shared: Option<bool>,
+    /// Every forward kernel: work items ordered heaviest first over all query heads (`true`),
+    /// or within each head (the heads one after another).
+    pub heads_inner: Option<bool>,
 }
 
 impl ForwardTuning {
     /// The same tuning with `block_n` keys per cooperative-matrix tile.
     pub fn with_coop_block_n(self, block_n: u32) -> Self {
-        ForwardTuning { coop_block_n: Some(block_n) }
+        ForwardTuning { coop_block_n: Some(block_n), ..self }
+    }
+
+    /// The same tuning with the cooperative-matrix kernel's register prefetch on or off.
+    pub fn with_coop_prefetch(self, on: bool) -> Self {
+        ForwardTuning { coop_prefetch: Some(on), ..self }
+    }
+
+    /// The same tuning with the cooperative-matrix kernel's Q in workgroup memory or not.
+    pub fn with_coop_q_shared(self, on: bool) -> Self {
+        ForwardTuning { coop_q_shared: Some(on), ..self }
+    }
+
+    /// The same tuning with the work items ordered over all heads or within each head.
+    pub fn with_heads_inner(self, on: bool) -> Self {
+        ForwardTuning { heads_inner: Some(on), ..self }
+    }
+
+    /// The same tuning with the work order `on` (`None`: the default).
+    pub fn with_heads_inner_opt(self, on: Option<bool>) -> Self {
+        ForwardTuning { heads_inner: on, ..self }
+    }
+
+    /// A short label of what is set, e.g. `bn32 qs`, empty for the defaults.
+    pub fn label(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(n) = self.coop_block_n {
+            parts.push(format!("bn{n}"));
+        }
+        let flag = |name: &str, v: Option<bool>| v.map(|on| if on { name.to_string() } else { format!("no{name}") });
+        parts.extend(flag("pf", self.coop_prefetch));
+        parts.extend(flag("qs", self.coop_q_shared));
+        parts.extend(flag("hi", self.heads_inner));
+        parts.join(" ")
+    }
+
+    /// Parses [`ForwardTuning::label`]'s form (`+` or spaces between the parts; `auto` or
+    /// empty: the defaults).
+    ///
+    /// # Errors
+    /// An unknown part.
+    pub fn parse(s: &str) -> Result<Self> {
+        let mut t = ForwardTuning::default();
+        for part in s.split(['+', ' ']).filter(|p| !p.is_empty() && *p != "auto") {
+            t = match part {
+                "bn32" => t.with_coop_block_n(32),
+                "bn64" => t.with_coop_block_n(64),
+                "pf" | "nopf" => t.with_coop_prefetch(part == "pf"),
+                "qs" | "noqs" => t.with_coop_q_shared(part == "qs"),
+                "hi" | "nohi" => t.with_heads_inner(part == "hi"),
+                _ => {
+                    return Err(Error::InvalidParameter {
+                        name: "tuning",
+                        reason: format!("unknown part {part:?} (bn32, bn64, pf, nopf, qs, noqs, hi, nohi)"),
+                    })
+                }
+            };
+        }
+        Ok(t)
+    }
+}
+
+/// Choices of a forward kernel besides its tiles (see [`ForwardTuning`] for each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KernelOptions {
+    /// Cooperative-matrix kernel: the next tile's loads in registers during the current tile.
+    pub prefetch: bool,
+    /// Cooperative-matrix kernel: Q blocks in workgroup memory, not registers.
+    pub q_shared: bool,
+    /// Work items heaviest first over all heads, not head by head.
+    pub heads_inner: bool,
+}
+
+impl Default for KernelOptions {
+    fn default() -> Self {
+        KernelOptions { prefetch: true, q_shared: false, heads_inner: false }
     }
 }
 
@@ -60,6 +155,8 @@ pub struct ForwardVariant {
     pub path: KernelPath,
     /// Tile sizes.
     pub tiles: TileConfig,
+    /// Choices besides the tiles.
+    pub options: KernelOptions,
 }
 
 /// The storage bindings of both forward kernels (forward/io.wgsl): q, k, v read; o, rem,
@@ -90,8 +187,12 @@ impl ForwardVariant {
                 let dp = t.head_block * t.head_chunks;
                 // emu_s: the emulation's operand exchange, 512 halves per subgroup (coop_emu.wgsl)
                 let emu = if self.path == KernelPath::EmulatedCooperativeMatrix { t.workgroup_size / 32 * 1024 } else { 0 };
-                // s_s, kv_s, p_s, carry_s + live_s, alive_s (forward/coop.wgsl), item_s (forward/io.wgsl)
-                m * (n + 4) * 4 + m.max(n) * (dp + 8) * 2 + m * (n + 8) * 2 + m * 8 + 16 + 32 + emu
+                // s_s, kv_s (Q passes through it unless q_s holds it), q_s, p_s, carry_s + live_s,
+                // alive_s (forward/coop.wgsl), item_s (forward/io.wgsl)
+                let qs = self.options.q_shared;
+                let kv_rows = if qs { n } else { m.max(n) };
+                let q_rows = if qs { m } else { 1 };
+                m * (n + 4) * 4 + kv_rows * (dp + 8) * 2 + q_rows * (dp + 8) * 2 + m * (n + 8) * 2 + m * 8 + 16 + 32 + emu
             }
             _ => {
                 let (dc, rg) = (t.head_block, t.workgroup_size / t.lanes_per_row());
@@ -113,7 +214,15 @@ impl ForwardVariant {
                 (
                     if emulated { "forward/coop-emulated" } else { "forward/coop" },
                     vec![Part(ops), Part(files::FORWARD_COOP)],
-                    vec![("WG", t.workgroup_size), ("BM", t.block_m), ("BN", t.block_n), ("ND", t.head_chunks)],
+                    vec![
+                        ("WG", t.workgroup_size),
+                        ("BM", t.block_m),
+                        ("BN", t.block_n),
+                        ("ND", t.head_chunks),
+                        ("PF", u32::from(self.options.prefetch)),
+                        ("QS", u32::from(self.options.q_shared)),
+                        ("HI", u32::from(self.options.heads_inner)),
+                    ],
                     // The scan's two invocations of a row trade run totals by subgroup shuffle.
                     Extensions { cooperative_matrix: !emulated, subgroups: true },
                 )
@@ -131,7 +240,8 @@ impl ForwardVariant {
                         // T4096 D128), f32 10.5 ms with it and 11.2 without, f16 12.4 with and
                         // 11.3 without.
                         let pf = u32::from(self.dtype == Dtype::F32);
-                        vec![("WG", wg), ("BN", bn), ("DC", dc), ("MC", mc), ("NJ", nj), ("VK", vk), ("PF", pf)]
+                        let hi = u32::from(self.options.heads_inner);
+                        vec![("WG", wg), ("BN", bn), ("DC", dc), ("MC", mc), ("NJ", nj), ("VK", vk), ("PF", pf), ("HI", hi)]
                     },
                     Extensions { subgroups: subgroup, ..Default::default() },
                 )
@@ -196,7 +306,8 @@ fn portable_shape(head_dim: u32, (invocations, block_n, chunk): (u32, u32, u32))
 /// `workgroup_memory` bytes (else the smallest, which `choose` then reports as over the limit).
 fn portable_tiles(head_dim: u32, workgroup_memory: u32) -> TileConfig {
     let fits = |t: &TileConfig| {
-        ForwardVariant { dtype: Dtype::F32, path: KernelPath::SharedMemory, tiles: *t }.workgroup_bytes() <= workgroup_memory
+        let v = ForwardVariant { dtype: Dtype::F32, path: KernelPath::SharedMemory, tiles: *t, options: KernelOptions::default() };
+        v.workgroup_bytes() <= workgroup_memory
     };
     let smallest = portable_shape(head_dim, PORTABLE_SHAPES[PORTABLE_SHAPES.len() - 1]);
     PORTABLE_SHAPES.iter().map(|s| portable_shape(head_dim, *s)).find(fits).unwrap_or(smallest)
@@ -308,12 +419,18 @@ pub fn choose(
         p => p,
     };
     let tiles = match path {
-        KernelPath::CooperativeMatrix => coop_tiles(head_dim, tuning.coop_block_n.unwrap_or(COOP_BLOCK_N)),
+        KernelPath::CooperativeMatrix => coop_tiles(head_dim, tuning.coop_block_n.unwrap_or(coop_block_n(head_dim))),
         // 32-key tiles: the emulation's own workgroup memory must fit beside the kernel's.
         KernelPath::EmulatedCooperativeMatrix => coop_tiles(head_dim, tuning.coop_block_n.unwrap_or(32)),
         _ => portable_tiles(head_dim, caps.limits.max_compute_workgroup_storage_size),
     };
-    let variant = ForwardVariant { dtype, path, tiles };
+    let defaults = KernelOptions::default();
+    let options = KernelOptions {
+        prefetch: tuning.coop_prefetch.unwrap_or(!path.is_cooperative() || coop_prefetch(head_dim)),
+        q_shared: path.is_cooperative() && tuning.coop_q_shared.unwrap_or(defaults.q_shared),
+        heads_inner: tuning.heads_inner.unwrap_or(defaults.heads_inner),
+    };
+    let variant = ForwardVariant { dtype, path, tiles, options };
     check_workgroup(&caps.limits, tiles.workgroup_size, variant.workgroup_bytes())?;
     Ok(variant)
 }
@@ -325,16 +442,22 @@ pub(crate) fn all_variants() -> Vec<ForwardVariant> {
         for path in [KernelPath::Subgroup, KernelPath::SharedMemory] {
             for shape in PORTABLE_SHAPES {
                 for chunks in 1..=MAX_HEAD_DIM.div_ceil(shape.2) {
-                    out.push(ForwardVariant { dtype, path, tiles: portable_shape(chunks * shape.2, shape) });
+                    for heads_inner in [false, true] {
+                        let options = KernelOptions { heads_inner, ..KernelOptions::default() };
+                        out.push(ForwardVariant { dtype, path, tiles: portable_shape(chunks * shape.2, shape), options });
+                    }
                 }
             }
         }
     }
     for blocks in 1..=COOP_MAX_HEAD_DIM / 16 {
-        for block_n in [32, COOP_BLOCK_N] {
+        for block_n in [32, 64] {
             let tiles = coop_tiles(blocks * 16, block_n);
             for path in [KernelPath::CooperativeMatrix, KernelPath::EmulatedCooperativeMatrix] {
-                out.push(ForwardVariant { dtype: Dtype::F16, path, tiles });
+                for bits in 0..8u32 {
+                    let options = KernelOptions { prefetch: bits & 1 != 0, q_shared: bits & 2 != 0, heads_inner: bits & 4 != 0 };
+                    out.push(ForwardVariant { dtype: Dtype::F16, path, tiles, options });
+                }
             }
         }
     }
