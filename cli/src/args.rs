@@ -561,7 +561,7 @@ pub struct ForwardArgs {
     #[arg(long, value_delimiter = ',', action = ArgAction::Set, default_value = "auto", value_parser = parse_auto)]
     pub coop_block_n: Vec<Auto<u32>>,
     /// Forward tunings to measure (ForwardTuning::parse): `auto`, or parts joined by `+`
-    /// (bn32, bn64, pf, nopf, qs, noqs, hi, nohi), e.g. `auto,qs+bn32,hi`. Each is combined with
+    /// (bn32, bn64, pf, nopf, qs, noqs, hi, nohi, sp, nosp), e.g. `auto,qs+bn32,hi`. Each is combined with
     /// each --coop-block-n; the coop-only parts apply to the coop path.
     #[arg(long, value_delimiter = ',', action = ArgAction::Set, default_value = "auto", value_parser = parse_tuning)]
     pub tuning: Vec<sbattn::ForwardTuning>,

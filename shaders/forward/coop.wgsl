@@ -11,6 +11,8 @@
 //                    0: loaded right before they are stored (fewer live registers)
 //   const QS: u32;   1: Q blocks in workgroup memory (q_s), loaded per tile; 0: in registers
 //   const HI: u32;   work order (forward/io.wgsl `work_of`)
+//   const SP: u32;   the scan's form: 0 log space (3 transcendentals per key), 1 products of
+//                    sigmoids (an exp and a reciprocal per key, a log per four keys; below)
 // from src/ops/forward/plan.rs), common/addr.wgsl, forward/io.wgsl (Params, bindings), the
 // matrix operations (forward/coop_mat.wgsl on tensor cores, or forward/coop_emu.wgsl, their
 // emulation for tests: types MA, MB, MC, `mma` and one load or store function per operand),
@@ -320,7 +322,47 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         // scaled by the stick left at the run's right edge, into p_s.
         var run = 0.0;
         let c0 = part * KPT;
-        for (var x = 0u; x < KPT / 4u; x++) {
+        if (SP == 1u) {
+            // Product form. With t = exp(-|z|) and r = 1 / (1 + t): beta = (z >= 0 ? 1 : t) r
+            // and 1 - beta = (z >= 0 ? t : 1) r, so each weight is beta times the product of
+            // the (1 - beta) of the run's keys to its right (in linear space: a product that
+            // underflows is a stick below 1e-38, whose weights are negligible), and the run's
+            // log(1 - beta) sum is -(sum of max(z, 0) + log prod (1 + t)), the product taken
+            // four keys at a time as prod - 1 (u + v + u v) so that log1p keeps small t.
+            var keep_right = 1.0;             // product of (1 - beta) right of these keys
+            var pos_sum = 0.0;
+            var log_sum = 0.0;
+            for (var x = 0u; x < KPT / 4u; x++) {
+                let c = c0 + KPT - 4u - 4u * x;           // keys c .. c+3
+                let a = row * SS + c;
+                let z = vec4<f32>(s_s[a], s_s[a + 1u], s_s[a + 2u], s_s[a + 3u]) * p.scale;
+                var vis = vec4<bool>(true);
+                if (masked) {
+                    vis = vec4<u32>(k0 + c) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(seq.p0 + i + ac);
+                }
+                let t = exp(-abs(z));
+                let r = 1.0 / (1.0 + t);
+                let up = z >= vec4<f32>(0.0);
+                let keep = select(vec4<f32>(1.0), select(vec4<f32>(1.0), t, up) * r, vis);
+                let beta = select(vec4<f32>(0.0), select(t, vec4<f32>(1.0), up) * r, vis);
+                let sx = vec4<f32>(keep.y * keep.z * keep.w, keep.z * keep.w, keep.w, 1.0);
+                let w = beta * sx * keep_right;
+                s_s[a] = w.x;
+                s_s[a + 1u] = w.y;
+                s_s[a + 2u] = w.z;
+                s_s[a + 3u] = w.w;
+                keep_right *= keep.x * sx.x;
+                let tv = select(vec4<f32>(0.0), t, vis);
+                let u = tv.x + tv.y + tv.x * tv.y;
+                let v2 = tv.z + tv.w + tv.z * tv.w;
+                let g = u + v2 + u * v2;                  // prod (1 + t) - 1 over the four
+                log_sum += log1p_small(vec4<f32>(g)).x;
+                let zp = select(vec4<f32>(0.0), max(z, vec4<f32>(0.0)), vis);
+                pos_sum += (zp.x + zp.y) + (zp.z + zp.w);
+            }
+            run = -(pos_sum + log_sum);
+        }
+        for (var x = 0u; x < KPT / 4u * (1u - SP); x++) {
             let c = c0 + KPT - 4u - 4u * x;           // keys c .. c+3
             let a = row * SS + c;
             let z = vec4<f32>(s_s[a], s_s[a + 1u], s_s[a + 2u], s_s[a + 3u]) * p.scale;

@@ -10,19 +10,26 @@ use crate::{Dtype, Error, KernelPath, Result, MAX_HEAD_DIM};
 /// Largest head dim of the cooperative-matrix kernel (8 accumulator blocks of 16 per subgroup).
 pub const COOP_MAX_HEAD_DIM: u32 = 128;
 /// Keys per tile of the cooperative-matrix kernel unless tuned: 64 above head dim 64, 32 up to
-/// it (measured on the H200, 2026-12-02, BENCHMARKS.md: 4.12 ms with 64 and 4.59 with 32 at B4
-/// H12 T4096 D128; 1.80 with 64 and 1.64 with 32 at B1 H32 T4096 D64).
+/// it (measured on the H200, 2026-12-02, BENCHMARKS.md, prefetch on: 4.12 ms with 64 and 4.59
+/// with 32 at B4 H12 T4096 D128 (call 1); 1.80 with 64 and 1.14 with 32 at B1 H32 T4096 D64
+/// (call 2; call 1 gave 1.64 for 32, one of the one-process outliers BENCHMARKS.md describes)).
 fn coop_block_n(head_dim: u32) -> u32 {
     if head_dim <= 64 { 32 } else { 64 }
 }
 
-/// The cooperative-matrix kernel's register prefetch unless tuned: on up to head dim 64, off
-/// above it, where the next tile's registers cost more than its early loads gain (measured on
-/// the H200, 2026-12-02, 64-key tiles: 4.12 ms with it and 4.00 without at B4 H12 T4096 D128;
-/// 1.80 with and 2.06 without at B1 H32 T4096 D64).
-fn coop_prefetch(head_dim: u32) -> bool {
-    head_dim <= 64
-}
+/// The cooperative-matrix kernel's register prefetch unless tuned: off. Measured on the H200
+/// (2026-12-02, BENCHMARKS.md, two device calls): at B4 H12 T4096 D128 with 64-key tiles 4.12
+/// ms with it and 4.00 without (call 1), 4.06 and 3.94 (call 2); at B1 H32 T4096 D64 with
+/// 32-key tiles 1.14 with it and 1.07 without (call 2). (With 64-key tiles at D64 it helped:
+/// 1.80 against 2.06, call 1; those tiles are not the default there.)
+const COOP_PREFETCH: bool = false;
+
+/// The cooperative-matrix kernel's scan unless tuned: the product form (forward/coop.wgsl, two
+/// transcendentals and a quarter per key instead of three). Measured on the H200 (2026-12-02,
+/// call 3, BENCHMARKS.md), both in one process: 0.342 / 3.80 / 13.5 / 19.2 / 1.060 ms against
+/// 0.351 / 3.92 / 14.0 / 20.0 / 1.065 in log space at B4 H12 T1024 / T4096 / T8192 D128, B8 H32
+/// T4096 D128, B1 H32 T4096 D64; the reference checks' largest errors were the same.
+const COOP_SCAN_PRODUCT: bool = true;
 
 /// Tile sizes of a forward kernel. Everything else is derived from these.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -62,6 +69,9 @@ pub struct ForwardTuning {
     /// Every forward kernel: work items ordered heaviest first over all query heads (`true`),
     /// or within each head (the heads one after another).
     pub heads_inner: Option<bool>,
+    /// The cooperative-matrix kernel's scan in product form (`true`: an exponential and a
+    /// reciprocal per key, a logarithm per four) or in log space (three per key).
+    pub coop_scan_product: Option<bool>,
 }
 
 impl ForwardTuning {
@@ -85,6 +95,11 @@ impl ForwardTuning {
         ForwardTuning { heads_inner: Some(on), ..self }
     }
 
+    /// The same tuning with the cooperative-matrix kernel's scan in product form or not.
+    pub fn with_coop_scan_product(self, on: bool) -> Self {
+        ForwardTuning { coop_scan_product: Some(on), ..self }
+    }
+
     /// The same tuning with the work order `on` (`None`: the default).
     pub fn with_heads_inner_opt(self, on: Option<bool>) -> Self {
         ForwardTuning { heads_inner: on, ..self }
@@ -100,6 +115,7 @@ impl ForwardTuning {
         parts.extend(flag("pf", self.coop_prefetch));
         parts.extend(flag("qs", self.coop_q_shared));
         parts.extend(flag("hi", self.heads_inner));
+        parts.extend(flag("sp", self.coop_scan_product));
         parts.join(" ")
     }
 
@@ -117,10 +133,11 @@ impl ForwardTuning {
                 "pf" | "nopf" => t.with_coop_prefetch(part == "pf"),
                 "qs" | "noqs" => t.with_coop_q_shared(part == "qs"),
                 "hi" | "nohi" => t.with_heads_inner(part == "hi"),
+                "sp" | "nosp" => t.with_coop_scan_product(part == "sp"),
                 _ => {
                     return Err(Error::InvalidParameter {
                         name: "tuning",
-                        reason: format!("unknown part {part:?} (bn32, bn64, pf, nopf, qs, noqs, hi, nohi)"),
+                        reason: format!("unknown part {part:?} (bn32, bn64, pf, nopf, qs, noqs, hi, nohi, sp, nosp)"),
                     })
                 }
             };
@@ -138,11 +155,13 @@ pub struct KernelOptions {
     pub q_shared: bool,
     /// Work items heaviest first over all heads, not head by head.
     pub heads_inner: bool,
+    /// Cooperative-matrix kernel: the scan in product form.
+    pub scan_product: bool,
 }
 
 impl Default for KernelOptions {
     fn default() -> Self {
-        KernelOptions { prefetch: true, q_shared: false, heads_inner: false }
+        KernelOptions { prefetch: true, q_shared: false, heads_inner: false, scan_product: false }
     }
 }
 
@@ -222,6 +241,7 @@ impl ForwardVariant {
                         ("PF", u32::from(self.options.prefetch)),
                         ("QS", u32::from(self.options.q_shared)),
                         ("HI", u32::from(self.options.heads_inner)),
+                        ("SP", u32::from(self.options.scan_product)),
                     ],
                     // The scan's two invocations of a row trade run totals by subgroup shuffle.
                     Extensions { cooperative_matrix: !emulated, subgroups: true },
@@ -426,9 +446,10 @@ pub fn choose(
     };
     let defaults = KernelOptions::default();
     let options = KernelOptions {
-        prefetch: tuning.coop_prefetch.unwrap_or(!path.is_cooperative() || coop_prefetch(head_dim)),
+        prefetch: tuning.coop_prefetch.unwrap_or(!path.is_cooperative() || COOP_PREFETCH),
         q_shared: path.is_cooperative() && tuning.coop_q_shared.unwrap_or(defaults.q_shared),
         heads_inner: tuning.heads_inner.unwrap_or(defaults.heads_inner),
+        scan_product: path.is_cooperative() && tuning.coop_scan_product.unwrap_or(COOP_SCAN_PRODUCT),
     };
     let variant = ForwardVariant { dtype, path, tiles, options };
     check_workgroup(&caps.limits, tiles.workgroup_size, variant.workgroup_bytes())?;
@@ -454,8 +475,13 @@ pub(crate) fn all_variants() -> Vec<ForwardVariant> {
         for block_n in [32, 64] {
             let tiles = coop_tiles(blocks * 16, block_n);
             for path in [KernelPath::CooperativeMatrix, KernelPath::EmulatedCooperativeMatrix] {
-                for bits in 0..8u32 {
-                    let options = KernelOptions { prefetch: bits & 1 != 0, q_shared: bits & 2 != 0, heads_inner: bits & 4 != 0 };
+                for bits in 0..16u32 {
+                    let options = KernelOptions {
+                        prefetch: bits & 1 != 0,
+                        q_shared: bits & 2 != 0,
+                        heads_inner: bits & 4 != 0,
+                        scan_product: bits & 8 != 0,
+                    };
                     out.push(ForwardVariant { dtype: Dtype::F16, path, tiles, options });
                 }
             }
