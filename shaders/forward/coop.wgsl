@@ -199,6 +199,12 @@ fn store_block(acc: MC, g: u32, db: u32, lane: u32, r0: u32, h: u32, ob: u32, vb
     }
 }
 
+// Which of keys j .. j+3 a row whose keys end before `end` sees (all of them off the diagonal).
+fn visible4(masked: bool, j: u32, end: u32) -> vec4<bool> {
+    if (!masked) { return vec4<bool>(true); }
+    return vec4<u32>(j) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(end);
+}
+
 // This workgroup's sequence (the schedule's record, clamped).
 var<private> sq: Seq;
 
@@ -336,10 +342,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
                 let c = c0 + KPT - 4u - 4u * x;           // keys c .. c+3
                 let a = row * SS + c;
                 let z = vec4<f32>(s_s[a], s_s[a + 1u], s_s[a + 2u], s_s[a + 3u]) * p.scale;
-                var vis = vec4<bool>(true);
-                if (masked) {
-                    vis = vec4<u32>(k0 + c) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(seq.p0 + i + ac);
-                }
+                let vis = visible4(masked, k0 + c, seq.p0 + i + ac);
                 let t = exp(-abs(z));
                 let r = 1.0 / (1.0 + t);
                 let up = z >= vec4<f32>(0.0);
@@ -366,10 +369,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             let c = c0 + KPT - 4u - 4u * x;           // keys c .. c+3
             let a = row * SS + c;
             let z = vec4<f32>(s_s[a], s_s[a + 1u], s_s[a + 2u], s_s[a + 3u]) * p.scale;
-            var vis = vec4<bool>(true);
-            if (masked) {
-                vis = vec4<u32>(k0 + c) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(seq.p0 + i + ac);
-            }
+            let vis = visible4(masked, k0 + c, seq.p0 + i + ac);
             let l = log1p_small(exp(-abs(z)));
             let nl = select(vec4<f32>(0.0), -(max(z, vec4<f32>(0.0)) + l), vis);
             let lb = min(z, vec4<f32>(0.0)) - l;
